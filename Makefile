@@ -1,0 +1,41 @@
+# Quick start:  make train   |   make test
+# Both create (or refresh, when pyproject.toml changes) the virtualenv in .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+MPIEXEC = $(VENV)/bin/mpiexec
+# World sizes for the MPI test suite; 3 does not divide the test batches.
+MPI_SIZES ?= 2 3 4
+# Outer deadline for each mpiexec run of pytest: a hung rank can never hang CI.
+MPI_TIMEOUT ?= 600
+ARGS ?=
+
+.PHONY: venv train test test-serial test-mpi bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[mpi,dev,plot]'
+	touch $@
+
+train: venv
+	$(PY) -m ddp_edf.train $(ARGS)
+
+test: test-serial test-mpi
+
+test-serial: venv
+	$(PY) -m pytest -q -m "not mpi" tests
+
+test-mpi: venv
+	@for n in $(MPI_SIZES); do \
+	  echo "== MPI suite, $$n ranks =="; \
+	  timeout -k 10 $(MPI_TIMEOUT) $(MPIEXEC) -n $$n $(PY) -m mpi4py -m pytest -q -p no:cacheprovider --with-mpi -m mpi tests || exit 1; \
+	done
+
+bench: venv
+	$(PY) benchmarks/step_throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,165 @@
+"""Optimizers over the flat parameter buffer, and learning-rate schedules.
+
+An optimizer holds the graph's two flat arrays, ``params`` (Phi) and ``grads`` (the gradient of
+the minibatch loss), plus its own state in arrays of the same layout, so a step is a handful of
+vectorised in-place operations over the whole model.  Every step works in place: no array of the
+model's size is allocated after construction.
+
+The lecture's SGD is ``Phi <- Phi - eta grad``:  ``SGD(params, grads)`` with momentum 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+class Optimizer:
+    """Common shape of SGD and Adam: ``step(lr)`` updates ``params`` in place from ``grads``."""
+
+    state_names: tuple[str, ...] = ()
+
+    def __init__(self, params: np.ndarray, grads: np.ndarray, weight_decay: float = 0.0):
+        if params.shape != grads.shape or params.dtype != grads.dtype:
+            raise ValueError("params and grads must be flat arrays of the same shape and dtype")
+        self.params, self.grads = params, grads
+        self.weight_decay = weight_decay
+        self.steps_taken = 0
+        self._scratch = np.empty_like(params)
+
+    def _gradient_with_decay(self) -> np.ndarray:
+        """g = grad + weight_decay * Phi  (L2 regularisation), in the scratch buffer."""
+        g = self._scratch
+        if self.weight_decay:
+            np.multiply(self.params, self.weight_decay, out=g)
+            g += self.grads
+        else:
+            np.copyto(g, self.grads)
+        return g
+
+    def step(self, lr: float):
+        raise NotImplementedError
+
+    # Optimizer state for checkpoints: named flat arrays plus the step counter.
+    def state_dict(self) -> dict[str, np.ndarray]:
+        state = {name: getattr(self, name).copy() for name in self.state_names}
+        state["steps_taken"] = np.array(self.steps_taken, dtype=np.int64)
+        return state
+
+    def load_state_dict(self, state: dict):
+        for name in self.state_names:
+            array = np.asarray(state[name])
+            target = getattr(self, name)
+            if array.shape != target.shape:
+                raise ValueError(f"optimizer state '{name}' has shape {array.shape}, expected {target.shape}")
+            target[...] = array
+        self.steps_taken = int(state["steps_taken"])
+
+
+class SGD(Optimizer):
+    """SGD with optional momentum (heavy ball or Nesterov) and weight decay, as PyTorch defines them:
+
+        g = grad + wd Phi
+        v <- mu v + g                              (v starts at 0)
+        d = g + mu v  (Nesterov)   or   d = v
+        Phi <- Phi - eta d
+
+    With mu = 0 and wd = 0 this is exactly the lecture's Phi <- Phi - eta grad.
+    """
+
+    def __init__(self, params, grads, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0):
+        super().__init__(params, grads, weight_decay)
+        if nesterov and momentum <= 0:
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        self.momentum, self.nesterov = momentum, nesterov
+        self.velocity = np.zeros_like(params)
+        self._nesterov_term = np.empty_like(params) if nesterov else None
+        self.state_names = ("velocity",) if momentum else ()
+
+    def step(self, lr: float):
+        g = self._gradient_with_decay()
+        if self.momentum:
+            v = self.velocity
+            v *= self.momentum
+            v += g                              # v <- mu v + g
+            if self.nesterov:
+                np.multiply(v, self.momentum, out=self._nesterov_term)
+                g += self._nesterov_term        # d = g + mu v
+            else:
+                np.copyto(g, v)                 # d = v
+        g *= lr
+        self.params -= g                        # Phi <- Phi - eta d
+        self.steps_taken += 1
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015) with L2 weight decay folded into the gradient:
+
+        g = grad + wd Phi
+        m <- b1 m + (1 - b1) g;     v <- b2 v + (1 - b2) g^2
+        Phi <- Phi - eta (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    """
+
+    state_names = ("m", "v")
+
+    def __init__(self, params, grads, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(params, grads, weight_decay)
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self.m = np.zeros_like(params)
+        self.v = np.zeros_like(params)
+        self._denominator = np.empty_like(params)
+
+    def step(self, lr: float):
+        g = self._gradient_with_decay()
+        t = self.steps_taken + 1
+        g_squared = self._denominator
+        np.multiply(g, g, out=g_squared)
+        g_squared *= 1 - self.beta2
+        self.v *= self.beta2
+        self.v += g_squared                     # v <- b2 v + (1 - b2) g^2
+        g *= 1 - self.beta1
+        self.m *= self.beta1
+        self.m += g                             # m <- b1 m + (1 - b1) g
+        denominator = self._denominator
+        np.divide(self.v, 1 - self.beta2 ** t, out=denominator)
+        np.sqrt(denominator, out=denominator)
+        denominator += self.eps                 # sqrt(v_hat) + eps
+        update = g
+        np.divide(self.m, denominator, out=update)
+        update *= lr / (1 - self.beta1 ** t)    # eta m_hat / (sqrt(v_hat) + eps)
+        self.params -= update
+        self.steps_taken = t
+
+
+# -- learning-rate schedules ------------------------------------------------------------------
+
+SCHEDULES = ("constant", "step", "cosine")
+
+
+def learning_rate(step: int, base_lr: float, schedule: str = "constant", total_steps: int = 0,
+                  warmup_steps: int = 0, step_size: int = 0, gamma: float = 0.1,
+                  min_lr: float = 0.0) -> float:
+    """eta at optimizer step ``step`` (counting from 0).
+
+    warm-up  (Goyal et al. 2017): eta = base * (step + 1) / warmup_steps   while step < warmup_steps
+    constant: eta = base
+    step:     eta = base * gamma ** floor((step - warmup) / step_size)
+    cosine:   eta = min + (base - min) (1 + cos(pi * (step - warmup) / (total - warmup))) / 2
+    """
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    t = step - warmup_steps
+    if schedule == "constant":
+        return base_lr
+    if schedule == "step":
+        if step_size <= 0:
+            raise ValueError("the 'step' schedule needs step_size > 0")
+        return base_lr * gamma ** (t // step_size)
+    if schedule == "cosine":
+        span = max(total_steps - warmup_steps, 1)
+        progress = min(t / span, 1.0)
+        return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown schedule '{schedule}'; choose one of {list(SCHEDULES)}")
