@@ -222,17 +222,20 @@ class Graph:
         for node in self.comp_nodes:
             node.forward()
 
-    def backward(self, loss: Node, grad_scale=1.0):
+    def backward(self, loss: Node, grad_scale=1.0, accumulate: bool = False):
         """The lecture's Backward(loss): zero every gradient, seed ``loss.grad``, run backward in reverse.
 
         ``grad_scale`` is the seed: the lecture's 1/nBatch for a per-example loss of shape (B,)
         gives the gradient of the batch mean.  Under data parallelism pass 1/B_global.  It may
         also be an array of ``loss.value``'s shape (gradient checks seed a random projection).
+        ``accumulate=True`` keeps the parameter gradients already in ``grads`` and adds to them
+        (gradient accumulation over micro-batches).
         """
         order = self._backward_order(loss)
-        self.grads.fill(0)
+        if not accumulate:
+            self.grads.fill(0)
         for p in self.parameters:
-            p._grad_is_zero = True
+            p._grad_is_zero = not accumulate
         for node in order:
             node.grad = node.buffer("grad", np.shape(node.value), node.value.dtype)
             node.grad.fill(0)

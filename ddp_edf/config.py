@@ -1,0 +1,289 @@
+"""The typed configuration: dataclasses whose defaults are configs/mnist_mlp.toml.
+
+A TOML file overrides some keys, ``--set section.key=value`` overrides more; anything unknown,
+mistyped or out of range is a ConfigError naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import typing
+from dataclasses import dataclass, field
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is wrong; the message says which and what is allowed."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "mnist"        # mnist | fashion-mnist | idx:<folder with the four IDX files>
+    dir: str = ""                 # folder looked in first for the dataset's files
+    download: bool = True         # fetch into the cache when not found
+    dev_size: int = 10000         # dev = the last dev_size training images (0 = no dev set)
+    train_limit: int = 0          # keep only the first N training examples (0 = all)
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "mlp"             # logreg | mlp | lecture_mlp
+    hidden: list = field(default_factory=lambda: [256])   # hidden widths (mlp; lecture_mlp takes one)
+    activation: str = "relu"      # relu | sigmoid | tanh (mlp)
+    init_seed: int = 0            # seed of the parameter initialisation
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"             # sgd | adam
+    lr: float = 0.1               # base learning rate eta
+    momentum: float = 0.9         # sgd momentum mu (0 = the lecture's plain SGD)
+    nesterov: bool = False        # sgd: Nesterov momentum
+    weight_decay: float = 0.0     # L2 coefficient added to the gradient
+    schedule: str = "constant"    # constant | step | cosine
+    warmup_steps: int = 0         # linear warm-up steps (Goyal et al. 2017)
+    step_size: int = 0            # step schedule: decay every step_size steps
+    gamma: float = 0.1            # step schedule: decay factor
+    min_lr: float = 0.0           # cosine schedule: final learning rate
+    beta1: float = 0.9            # adam
+    beta2: float = 0.999          # adam
+    eps: float = 1e-8             # adam
+
+
+@dataclass
+class TrainConfig:
+    global_batch: int = 128       # examples per step, summed over all ranks
+    epochs: int = 10              # passes over the training set
+    max_steps: int = 0            # stop after this many steps (0 = no cap)
+    seed: int = -1                # data-order seed; -1 = draw one (logged, so the run can be repeated)
+    drop_last: bool = False       # drop the short last batch of each epoch
+    micro_batches: int = 1        # split each rank's shard into this many accumulated micro-batches
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0                # evaluate dev every N steps (0 = at the end of every epoch)
+    batch: int = 1000             # examples per evaluation forward pass, per rank
+
+
+@dataclass
+class LogConfig:
+    every: int = 100              # steps between training-loss log lines
+
+
+@dataclass
+class DistConfig:
+    check_every: int = 1000       # steps between parameter checksums across ranks (0 = only at the end)
+    timeout_s: float = 300.0      # watchdog: abort when no step completes for this long (0 = off)
+    nonfinite: str = "stop"       # non-finite loss: stop | skip (the step, on every rank)
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 0          # write a checkpoint every N steps (0 = only at the end)
+    keep: int = 3                 # newest checkpoints kept
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+CHOICES = {
+    "model.kind": ("logreg", "mlp", "lecture_mlp"),
+    "model.activation": ("relu", "sigmoid", "tanh"),
+    "optim.name": ("sgd", "adam"),
+    "optim.schedule": ("constant", "step", "cosine"),
+    "dist.nonfinite": ("stop", "skip"),
+}
+# key -> (test, what is allowed)
+RANGES = {
+    "data.dev_size": (lambda v: v >= 0, ">= 0"),
+    "data.train_limit": (lambda v: v >= 0, ">= 0 (0 = all)"),
+    "model.hidden": (lambda v: all(isinstance(w, int) and w >= 1 for w in v), "a list of widths >= 1"),
+    "optim.lr": (lambda v: v > 0, "> 0"),
+    "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "optim.warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "optim.step_size": (lambda v: v >= 0, ">= 0"),
+    "optim.gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "optim.min_lr": (lambda v: v >= 0, ">= 0"),
+    "optim.beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optim.beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optim.eps": (lambda v: v > 0, "> 0"),
+    "train.global_batch": (lambda v: v >= 1, ">= 1"),
+    "train.epochs": (lambda v: v >= 1, ">= 1"),
+    "train.max_steps": (lambda v: v >= 0, ">= 0 (0 = no cap)"),
+    "train.seed": (lambda v: v >= -1, ">= 0, or -1 to draw one"),
+    "train.micro_batches": (lambda v: v >= 1, ">= 1"),
+    "eval.every": (lambda v: v >= 0, ">= 0 (0 = every epoch)"),
+    "eval.batch": (lambda v: v >= 1, ">= 1"),
+    "log.every": (lambda v: v >= 1, ">= 1"),
+    "dist.check_every": (lambda v: v >= 0, ">= 0"),
+    "dist.timeout_s": (lambda v: v >= 0, ">= 0 (0 = off)"),
+    "checkpoint.every_steps": (lambda v: v >= 0, ">= 0 (0 = only at the end)"),
+    "checkpoint.keep": (lambda v: v >= 1, ">= 1"),
+}
+
+
+def sections() -> dict[str, type]:
+    """section name -> its dataclass, e.g. 'optim' -> OptimConfig."""
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def all_keys() -> list[str]:
+    return [f"{name}.{f.name}" for name, cls in sections().items() for f in dataclasses.fields(cls)]
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
+    if not close:
+        close = [k for k in all_keys() if k.split(".")[1] == key.split(".")[-1]]
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _field_type(section_cls, name):
+    return typing.get_type_hints(section_cls)[name]
+
+
+def _coerce(key: str, value, expected):
+    """value as the field's type, or ConfigError.  int -> float is allowed, bool -> int is not."""
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is list:
+        if isinstance(value, list):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return [value]
+    elif isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{key} = {value!r} has the wrong type: expected {expected.__name__}")
+
+
+def apply(config: Config, key: str, value):
+    if key.count(".") != 1:
+        raise ConfigError(f"'{key}' is not a config key: keys look like section.key{_suggest(key)}")
+    section, name = key.split(".")
+    section_cls = sections().get(section)
+    if section_cls is None or name not in {f.name for f in dataclasses.fields(section_cls)}:
+        raise ConfigError(f"unknown config key '{key}'{_suggest(key)}")
+    setattr(getattr(config, section), name, _coerce(key, value, _field_type(section_cls, name)))
+
+
+def from_dict(tree: dict, config: Config | None = None, source: str = "config") -> Config:
+    config = config or Config()
+    for section, values in tree.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: '{section}' must be a [section] table; "
+                              f"keys look like [section] key = value{_suggest(section + '.x')}")
+        for name, value in values.items():
+            apply(config, f"{section}.{name}", value)
+    return config
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """'section.key=value' -> (key, value); value is read as TOML, else taken as a plain string."""
+    if "=" not in text:
+        raise ConfigError(f"--set '{text}' must look like section.key=value")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def load_config(path=None, overrides=()) -> Config:
+    config = Config()
+    if path:
+        try:
+            with open(path, "rb") as handle:
+                tree = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} not found") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path} is not valid TOML: {error}") from None
+        from_dict(tree, config, str(path))
+    for text in overrides:
+        apply(config, *parse_override(text))
+    validate(config)
+    return config
+
+
+def validate(config: Config):
+    for key, allowed in CHOICES.items():
+        value = get(config, key)
+        if value not in allowed:
+            raise ConfigError(f"{key} = {value!r} is not allowed: choose one of {list(allowed)}")
+    for key, (test, allowed) in RANGES.items():
+        value = get(config, key)
+        if not test(value):
+            raise ConfigError(f"{key} = {value!r} is out of range: must be {allowed}")
+    if config.optim.schedule == "step" and config.optim.step_size < 1:
+        raise ConfigError("optim.schedule = 'step' needs optim.step_size >= 1")
+    if config.optim.nesterov and config.optim.momentum == 0:
+        raise ConfigError("optim.nesterov = true needs optim.momentum > 0")
+    if config.model.kind == "lecture_mlp" and len(config.model.hidden) != 1:
+        raise ConfigError(f"model.kind = 'lecture_mlp' has one hidden layer: model.hidden = {config.model.hidden} "
+                          f"must hold one width")
+    if not config.data.dataset:
+        raise ConfigError("data.dataset is empty: use mnist, fashion-mnist or idx:<folder>")
+
+
+def get(config: Config, key: str):
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)
+
+
+def to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def to_toml(config: Config) -> str:
+    """The resolved config as TOML (what tomllib reads back to the same Config)."""
+    lines = []
+    for section, values in to_dict(config).items():
+        lines.append(f"[{section}]")
+        for name, value in values.items():
+            lines.append(f"{name} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def describe_keys() -> str:
+    """Every key with its default and meaning (the comments above), for --help."""
+    import inspect
+    lines = []
+    defaults = to_dict(Config())
+    for section, cls in sections().items():
+        source = inspect.getsource(cls).splitlines()
+        for f in dataclasses.fields(cls):
+            meaning = next((line.split("#", 1)[1].strip() for line in source
+                            if line.strip().startswith(f"{f.name}:") and "#" in line), "")
+            lines.append(f"  {section}.{f.name} = {_toml_value(defaults[section][f.name])}  -- {meaning}")
+    return "\n".join(lines)

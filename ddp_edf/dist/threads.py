@@ -1,0 +1,28 @@
+"""BLAS threads per rank: the host's cores divided among the ranks on that host."""
+
+from __future__ import annotations
+
+import os
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def configure_blas_threads(ranks_on_host: int, environ=os.environ) -> str:
+    """Limit BLAS to cores // ranks_on_host threads unless the user chose; returns what was done."""
+    chosen = {name: environ[name] for name in THREAD_VARIABLES if environ.get(name)}
+    if chosen:
+        return f"BLAS threads left as set by the user ({', '.join(f'{k}={v}' for k, v in chosen.items())})"
+    threads = max(1, available_cores() // max(ranks_on_host, 1))
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return "BLAS threads not set (threadpoolctl is not installed)"
+    threadpool_limits(limits=threads, user_api="blas")
+    return f"BLAS threads: {threads} per rank ({available_cores()} cores / {ranks_on_host} ranks on this host)"

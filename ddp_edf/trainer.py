@@ -1,0 +1,260 @@
+"""The training loop, written once for W ranks (one process is W = 1).
+
+One step, on every rank (lines that exist because of data parallelism carry a "DDP:" tag):
+
+    batch   = permutation(seed, epoch)[t*B : (t+1)*B]            same on every rank
+    shard   = this rank's contiguous part of the batch            (sizes differ by at most 1)
+    forward, backward with loss seed 1/B                          B = the GLOBAL batch size
+    Allreduce(SUM) of the flat gradient buffer                    = gradient of the global mean
+    optimizer.step(lr(step))                                      identical on every rank
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import Config
+from .data import epoch_permutation, load_dataset, prepare_dataset, shard_bounds, steps_per_epoch
+from .data.batches import BatchLoader
+from .data.sampler import global_batch
+from .dist.data_parallel import allreduce_grads, broadcast_params, check_in_sync
+from .models import build_model
+from .optim import SGD, Adam, learning_rate
+
+PHASES = ("data", "forward", "backward", "allreduce", "optimizer")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message says why and what to try."""
+
+
+def build_optimizer(optim, graph):
+    if optim.name == "sgd":
+        return SGD(graph.params, graph.grads, optim.momentum, optim.nesterov, optim.weight_decay)
+    return Adam(graph.params, graph.grads, (optim.beta1, optim.beta2), optim.eps, optim.weight_decay)
+
+
+def load_init(path: str) -> dict:
+    """Parameters from an .npz keyed by parameter name (never unpickled)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except FileNotFoundError:
+        raise TrainingError(f"--init {path}: file not found") from None
+    except (ValueError, OSError) as error:
+        raise TrainingError(f"--init {path}: not a readable .npz of arrays ({error})") from None
+
+
+@dataclass
+class Totals:
+    """Sums over examples (float64), reduced across ranks before they are reported."""
+
+    loss: float = 0.0
+    errors: float = 0.0
+    count: float = 0.0
+
+    def add(self, losses: np.ndarray, errors: np.ndarray) -> float:
+        """Add a (micro-)batch; returns its loss sum."""
+        loss_sum = float(losses.sum(dtype=np.float64))
+        self.loss += loss_sum
+        self.errors += float(errors.sum(dtype=np.float64))
+        self.count += len(losses)
+        return loss_sum
+
+    def reduced(self, comm) -> "Totals":
+        buffer = comm.allreduce(np.array([self.loss, self.errors, self.count], dtype=np.float64))
+        return Totals(*buffer.tolist())
+
+    def figures(self) -> dict:
+        return {"loss": self.loss / self.count, "error": self.errors / self.count} if self.count else \
+            {"loss": float("nan"), "error": float("nan")}
+
+
+@dataclass
+class StepTimes:
+    seconds: dict = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    steps: int = 0
+
+    def per_step_ms(self) -> dict:
+        return {f"{phase}_ms": 1000 * total / max(self.steps, 1) for phase, total in self.seconds.items()}
+
+
+def evaluate(model, split, comm, loader: BatchLoader, batch: int) -> dict:
+    """Loss and error rate over the whole split: each rank takes a contiguous shard, sums are reduced."""
+    totals = Totals()
+    start, stop = shard_bounds(len(split), comm.rank, comm.world_size)  # DDP: this rank's part
+    for lo in range(start, stop, batch):
+        model.x.value, model.y.value = loader.load_range(split, lo, min(lo + batch, stop))
+        model.graph.forward()
+        totals.add(model.loss.value, model.errors.value)
+    totals = totals.reduced(comm)  # DDP: sums and counts, never averages of averages
+    return {**totals.figures(), "examples": int(totals.count)}
+
+
+class Trainer:
+    def __init__(self, config: Config, comm, reporter, init_path: str | None = None):
+        self.config, self.comm, self.reporter = config, comm, reporter
+        data = config.data
+        if comm.is_root:  # DDP: one rank downloads and decompresses while the others wait
+            prepare_dataset(data.dataset, data.dir, data.download)
+        comm.barrier()
+        self.dataset = load_dataset(data.dataset, data.dir, False, data.dev_size, data.train_limit)
+        m = config.model
+        self.model = build_model(m.kind, self.dataset.num_features, self.dataset.num_classes, m.hidden,
+                                 m.activation, seed=m.init_seed)
+        self.graph = self.model.graph
+        if init_path and comm.is_root:
+            self.graph.load_state_dict(load_init(init_path), source=f"--init {init_path}")
+        broadcast_params(comm, self.graph.params)  # DDP: every rank starts from rank 0's parameters
+        self.optimizer = build_optimizer(config.optim, self.graph)
+        self.loader = BatchLoader(self.dataset.num_features)
+        self.segments = [(p.name, int(a), int(b)) for p, a, b in
+                         zip(self.graph.parameters, self.graph.offsets[:-1], self.graph.offsets[1:])]
+        self.seed = self._agree_on_seed()
+        t = config.train
+        self.steps_per_epoch = steps_per_epoch(len(self.dataset.train), t.global_batch, t.drop_last)
+        if self.steps_per_epoch == 0:
+            raise TrainingError(f"train.global_batch = {t.global_batch} exceeds the {len(self.dataset.train)} "
+                                f"training examples with drop_last: no step to take")
+        self.total_steps = t.epochs * self.steps_per_epoch
+        if t.max_steps:
+            self.total_steps = min(self.total_steps, t.max_steps)
+        self.step = 0
+        self.skipped_steps = 0
+        self.on_step = lambda what="": None  # called after every step (the watchdog's kick)
+
+    def _agree_on_seed(self) -> int:
+        seed = self.config.train.seed
+        if seed < 0 and self.comm.is_root:
+            seed = secrets.randbits(31)  # rank 0 draws; the log records it so the run can be repeated
+        return self.comm.broadcast_obj(seed)  # DDP: rank 0 owns the seed
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def train_step(self, batch_indices: np.ndarray, times: StepTimes, totals: Totals) -> bool:
+        """Forward, backward, Allreduce, update on this rank's shard.  False if the step was skipped."""
+        comm, graph, model = self.comm, self.graph, self.model
+        lo, hi = shard_bounds(len(batch_indices), comm.rank, comm.world_size)  # DDP: my contiguous part
+        shard = batch_indices[lo:hi]
+        scale = 1.0 / len(batch_indices)  # DDP: 1 / B_global, not 1 / len(shard)
+        pieces = self.config.train.micro_batches
+        local_loss, first = 0.0, True
+        for k in range(pieces):
+            a, b = shard_bounds(len(shard), k, pieces)
+            if a == b:
+                continue
+            t0 = time.perf_counter()
+            model.x.value, model.y.value = self.loader.load(self.dataset.train, shard[a:b])
+            t1 = time.perf_counter()
+            graph.forward()
+            t2 = time.perf_counter()
+            graph.backward(model.loss, scale, accumulate=not first)  # micro-batches add up
+            t3 = time.perf_counter()
+            local_loss += totals.add(model.loss.value, model.errors.value)
+            first = False
+            for phase, dt in zip(("data", "forward", "backward"), (t1 - t0, t2 - t1, t3 - t2)):
+                times.seconds[phase] += dt
+        if first:
+            graph.grads.fill(0)  # DDP: an empty shard (short last batch, B < W) still joins the Allreduce
+        if not math.isfinite(local_loss):
+            graph.grads[0] = np.nan  # the Allreduce carries the news to every rank
+        t4 = time.perf_counter()
+        allreduce_grads(comm, graph.grads)  # DDP: one in-place SUM of the flat gradient buffer
+        t5 = time.perf_counter()
+        finite = math.isfinite(graph.grads[0])  # identical on every rank after the Allreduce
+        if finite:
+            self.optimizer.step(self._lr())
+        t6 = time.perf_counter()
+        times.seconds["allreduce"] += t5 - t4
+        times.seconds["optimizer"] += t6 - t5
+        times.steps += 1
+        return finite
+
+    def _lr(self) -> float:
+        o = self.config.optim
+        return learning_rate(self.step, o.lr, o.schedule, self.total_steps, o.warmup_steps, o.step_size,
+                             o.gamma, o.min_lr)
+
+    def _non_finite(self, epoch: int):
+        if self.config.dist.nonfinite == "skip":
+            self.skipped_steps += 1
+            self.reporter.log(f"step {self.step}: non-finite loss, step skipped on every rank "
+                              f"({self.skipped_steps} so far)")
+            return
+        raise TrainingError(f"non-finite loss at step {self.step} (epoch {epoch}): lower optim.lr, add "
+                            f"optim.warmup_steps, or set dist.nonfinite = \"skip\" to skip such steps")
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        cfg, reporter = self.config, self.reporter
+        self._log_start()
+        times, totals = StepTimes(), Totals()
+        interval_start, samples = time.perf_counter(), 0
+        last = {}
+        for epoch in range(cfg.train.epochs):
+            permutation = epoch_permutation(self.seed, epoch, len(self.dataset.train))
+            for t in range(self.steps_per_epoch):
+                if self.step >= self.total_steps:
+                    break
+                batch_indices = global_batch(permutation, t, cfg.train.global_batch)
+                if not self.train_step(batch_indices, times, totals):
+                    self._non_finite(epoch)
+                self.step += 1
+                samples += len(batch_indices)
+                reporter.advance()
+                self.on_step(f"step {self.step}")
+                end_of_epoch = t == self.steps_per_epoch - 1 or self.step == self.total_steps
+                log_due = self.step % cfg.log.every == 0 or end_of_epoch
+                eval_due = (self.step % cfg.eval.every == 0) if cfg.eval.every else end_of_epoch
+                if cfg.dist.check_every and self.step % cfg.dist.check_every == 0:
+                    check_in_sync(self.comm, self.graph.params, self.segments, self.step)
+                if log_due or eval_due:
+                    rate = samples / (time.perf_counter() - interval_start)
+                    last = self._report(epoch, totals, times, rate, eval_due)
+                    times, totals = StepTimes(), Totals()
+                    interval_start, samples = time.perf_counter(), 0
+                    self.on_step(f"evaluation after step {self.step}")
+            if self.step >= self.total_steps:
+                break
+        check_in_sync(self.comm, self.graph.params, self.segments, self.step)  # DDP: agree at the end
+        test = evaluate(self.model, self.dataset.test, self.comm, self.loader, cfg.eval.batch)
+        self._record("test", epoch, test, {})
+        reporter.log(f"test: loss {test['loss']:.4f}  error {test['error']:.4f}  "
+                     f"({test['examples']} examples)")
+        return {"test": test, "last": last, "step": self.step, "seed": self.seed}
+
+    def _report(self, epoch, totals, times, rate, with_dev) -> dict:
+        train = totals.reduced(self.comm).figures()  # DDP: the whole global batch's figures
+        extra = {"samples_per_s": rate, "lr": self._lr(), **times.per_step_ms()}
+        self._record("train", epoch, train, extra)
+        line = (f"step {self.step:>7}  epoch {epoch}  train loss {train['loss']:.4f} error {train['error']:.4f}")
+        figures = {"train": train}
+        if with_dev and len(self.dataset.dev):
+            dev = evaluate(self.model, self.dataset.dev, self.comm, self.loader, self.config.eval.batch)
+            self._record("dev", epoch, dev, {})
+            line += f"  dev loss {dev['loss']:.4f} error {dev['error']:.4f}"
+            figures["dev"] = dev
+        self.reporter.log(f"{line}  {rate:,.0f} samples/s")
+        return figures
+
+    def _record(self, split, epoch, figures, extra):
+        self.reporter.metrics({"step": self.step, "epoch": epoch, "split": split, "loss": figures["loss"],
+                               "error": figures["error"], "elapsed_s": self.reporter.elapsed(),
+                               "samples_per_s": extra.get("samples_per_s"),
+                               **{k: v for k, v in extra.items() if k != "samples_per_s"}})
+
+    def _log_start(self):
+        d, c = self.dataset, self.config
+        self.reporter.log(f"data: {d.name} from {d.source}: train {len(d.train)}, dev {len(d.dev)}, "
+                          f"test {len(d.test)}")
+        self.reporter.log(f"model: {c.model.kind} {self.graph.num_params:,} parameters "
+                          f"({', '.join(p.name for p in self.graph.parameters)})")
+        self.reporter.log(f"ranks: {self.comm.world_size} ({self.comm.backend}); global batch "
+                          f"{c.train.global_batch}; {self.steps_per_epoch} steps/epoch; {self.total_steps} steps; "
+                          f"seed {self.seed}")
