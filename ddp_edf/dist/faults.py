@@ -51,8 +51,9 @@ def run_or_abort(comm, main, expected_errors=(), collective_errors=()):
             code = error.code if isinstance(error.code, int) else EXIT_FAILURE
         else:
             code = EXIT_FAILURE
-            quiet = isinstance(error, collective_errors) and not comm.is_root
-            if not quiet:
+            if isinstance(error, collective_errors) and not comm.is_root:
+                time.sleep(2.0)  # rank 0 reports it and aborts the job; give it time to be heard
+            else:
                 print_error(comm, error, with_traceback=not isinstance(error, expected_errors))
     if comm.world_size > 1:
         comm.abort(code)
@@ -62,8 +63,8 @@ def run_or_abort(comm, main, expected_errors=(), collective_errors=()):
 class Watchdog:
     """Abort the job when ``kick()`` has not been called for ``timeout_s`` seconds (0 = off)."""
 
-    def __init__(self, comm, timeout_s: float, poll_s: float = 1.0):
-        self.comm, self.timeout_s, self.poll_s = comm, timeout_s, poll_s
+    def __init__(self, comm, timeout_s: float, poll_s: float = 1.0, grace_s: float = 3.0):
+        self.comm, self.timeout_s, self.poll_s, self.grace_s = comm, timeout_s, poll_s, grace_s
         self.last_kick = time.monotonic()
         self.what = "start"
         self._stop = threading.Event()
@@ -97,4 +98,5 @@ class Watchdog:
         sys.stderr.flush()
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         sys.stderr.flush()
+        time.sleep(self.grace_s)  # the other ranks' watchdogs fire about now: let them dump their stacks too
         self.comm.abort(EXIT_FAILURE)

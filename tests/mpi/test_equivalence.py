@@ -1,0 +1,70 @@
+"""W ranks train exactly like one process: same config and seed -> the same parameters and figures.
+
+The global batch (25) is not divisible by W = 2, 3 or 4, and the short last batch (10) is kept.
+"""
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ddp_edf.config import load_config
+from ddp_edf.dist.comm import MPIComm, SerialComm
+from ddp_edf.report import Reporter
+from ddp_edf.trainer import Trainer, evaluate
+from idx_files import write_dataset
+from test_comm import agree
+
+
+@pytest.fixture
+def shared_dir():
+    comm = MPIComm()
+    folder = comm.broadcast_obj(tempfile.mkdtemp(prefix="ddp_edf_eq_") if comm.is_root else None)
+    if comm.is_root:
+        write_dataset(Path(folder) / "d", n_train=460, n_test=70, rows=8, cols=8, seed=5)
+    comm.barrier()
+    yield Path(folder)
+    comm.barrier()
+    if comm.is_root:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def config_for(folder, *extra):
+    return load_config(None, [f"data.dataset=idx:{folder / 'd'}", "data.dev_size=50", "model.hidden=[16]",
+                              "optim.lr=0.05", "optim.momentum=0.9", "train.global_batch=25",
+                              "train.epochs=12", "train.seed=9", "log.every=1000", *extra])
+
+
+def relative_difference(a, b):
+    return float(np.linalg.norm(a.astype(np.float64) - b) / np.linalg.norm(b.astype(np.float64)))
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("extra", [(), ("train.micro_batches=3", "optim.name=adam", "optim.lr=0.003")])
+def test_w_ranks_equal_one_process(shared_dir, extra, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    comm = MPIComm()
+    config = config_for(shared_dir, *extra)
+    parallel = Trainer(config, comm, Reporter(tmp_path, enabled=False))
+    parallel.run()
+    assert parallel.step == 12 * 17   # 410 examples: 16 batches of 25 and one of 10, per epoch
+    serial = Trainer(config_for(shared_dir, *extra), SerialComm(), Reporter(tmp_path, enabled=False))
+    serial.run()
+    difference = relative_difference(parallel.graph.params, serial.graph.params)
+    agree(comm, difference <= 1e-5, f"parameters differ from one process by {difference:.2e} (relative)")
+
+
+@pytest.mark.mpi(min_size=2)
+def test_sharded_evaluation_equals_one_process(shared_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    comm = MPIComm()
+    trainer = Trainer(config_for(shared_dir, "train.max_steps=20"), comm, Reporter(tmp_path, enabled=False))
+    trainer.run()
+    for split in (trainer.dataset.dev, trainer.dataset.test, trainer.dataset.train):
+        sharded = evaluate(trainer.model, split, comm, trainer.loader, batch=7)
+        whole = evaluate(trainer.model, split, SerialComm(), trainer.loader, batch=1000)
+        ok = sharded["examples"] == whole["examples"] == len(split) and \
+            abs(sharded["loss"] - whole["loss"]) <= 1e-9 * abs(whole["loss"]) and sharded["error"] == whole["error"]
+        agree(comm, ok, f"{split.name}: {sharded} vs {whole}")

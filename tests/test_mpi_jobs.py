@@ -1,0 +1,108 @@
+"""Whole jobs under mpiexec: faults end the job (never a hang), and real-data accuracy matches one process.
+
+These tests start mpiexec themselves (from the same venv as this Python), each under a deadline.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from idx_files import write_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
+if not os.path.exists(MPIEXEC):
+    pytest.skip("mpiexec is not in this venv: pip install mpich", allow_module_level=True)
+
+
+@pytest.fixture
+def job_args(isolated_data):
+    write_dataset(isolated_data / "d", n_train=450, n_test=50)
+    return ["--set", f"data.dataset=idx:{isolated_data / 'd'}", "--set", "data.dev_size=50",
+            "--set", "model.hidden=[8]", "--set", "train.global_batch=10", "--set", "train.seed=1",
+            "--set", "train.epochs=50"]
+
+
+def clean_env():
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "PMIX_", "MPI_LOCAL"))}
+
+
+def run_job(ranks, script_args, timeout=60):
+    start = time.monotonic()
+    result = subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, *script_args], capture_output=True,
+                            text=True, cwd=ROOT, timeout=timeout, env=clean_env())
+    return result, time.monotonic() - start
+
+
+def injected(mode, rank, step, out, job_args, *extra):
+    return ["tests/fault_injection.py", mode, str(rank), str(step), "--", "--out", str(out), *job_args, *extra]
+
+
+def test_one_rank_raising_aborts_the_job_with_its_traceback(job_args, tmp_path):
+    result, seconds = run_job(4, injected("raise", 2, 7, tmp_path / "r", job_args))
+    assert result.returncode != 0
+    assert seconds < 10
+    assert "[rank 2] RuntimeError: injected failure on rank 2 at step 7" in result.stderr
+    assert "[rank 2] Traceback" in result.stderr
+
+
+def test_diverged_parameters_are_detected(job_args, tmp_path):
+    result, _ = run_job(3, injected("diverge", 1, 4, tmp_path / "r", job_args, "--set", "dist.check_every=5"))
+    assert result.returncode != 0
+    assert "parameters diverged at step 5: rank 1 differs from rank 0 first in 'fc1.b'" in result.stderr
+
+
+def test_stuck_rank_fires_the_watchdog(job_args, tmp_path):
+    result, seconds = run_job(2, injected("hang", 1, 3, tmp_path / "r", job_args, "--set", "dist.timeout_s=2"))
+    assert result.returncode != 0
+    assert seconds < 20
+    assert "watchdog: no step completed" in result.stderr
+    assert "faulty_step" in result.stderr       # the stuck rank's stack was dumped
+
+
+def test_sigint_to_mpiexec_ends_every_rank(job_args, tmp_path):
+    out = tmp_path / "sigint-run"
+    process = subprocess.Popen([MPIEXEC, "-n", "3", sys.executable, "-m", "ddp_edf.train", "--out", str(out),
+                                *job_args, "--set", "train.epochs=100000"], cwd=ROOT, env=clean_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (out / "metrics.jsonl").exists(), "the job did not start"
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=15)
+    finally:
+        process.kill()
+    time.sleep(0.5)
+    survivors = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
+    assert process.returncode != 0 and not survivors
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION.is_dir() and not os.environ.get("CI"), reason="dataset-fashion-mnist not installed")
+def test_two_ranks_reach_single_process_accuracy_on_fashion_mnist(tmp_path):
+    figures = {}
+    for ranks in (1, 2):
+        out = tmp_path / f"w{ranks}"
+        command = ["-m", "ddp_edf.train", "--config", "configs/fashion_mlp.toml", "--out", str(out)]
+        if ranks == 1:
+            result = subprocess.run([sys.executable, *command], capture_output=True, text=True, cwd=ROOT,
+                                    env=clean_env(), timeout=300)
+        else:
+            result, _ = run_job(2, command, timeout=300)
+        assert result.returncode == 0, result.stderr
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        figures[ranks] = [r for r in records if r["split"] == "test"][-1]
+    assert figures[1]["epoch"] == figures[2]["epoch"] == 1
+    accuracy = {w: 1 - f["error"] for w, f in figures.items()}
+    assert accuracy[2] >= 0.85 and abs(accuracy[2] - accuracy[1]) <= 0.005, accuracy
