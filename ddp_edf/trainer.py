@@ -109,7 +109,10 @@ class Trainer:
                                  m.activation, seed=m.init_seed)
         self.graph = self.model.graph
         if init_path and comm.is_root:
-            self.graph.load_state_dict(load_init(init_path), source=f"--init {init_path}")
+            try:
+                self.graph.load_state_dict(load_init(init_path), source=f"--init {init_path}")
+            except ValueError as error:
+                raise TrainingError(str(error)) from None
         broadcast_params(comm, self.graph.params)  # DDP: every rank starts from rank 0's parameters
         self.optimizer = build_optimizer(config.optim, self.graph)
         self.loader = BatchLoader(self.dataset.num_features)

@@ -14,3 +14,12 @@ def isolated_data(tmp_path, monkeypatch):
     monkeypatch.delenv("DDP_EDF_MIRROR", raising=False)
     monkeypatch.setattr("ddp_edf.data.datasets.SYSTEM_DIRS", (str(tmp_path / "system"),))
     return tmp_path
+
+
+def pytest_configure(config):
+    """Under mpiexec every rank runs pytest: give each its own temporary root, so they never clean up each other's."""
+    import os
+    import tempfile
+    rank = os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK")
+    if rank is not None and not config.option.basetemp:
+        config.option.basetemp = tempfile.mkdtemp(prefix=f"pytest-rank{rank}-")

@@ -72,6 +72,7 @@ def test_max_steps_and_eval_every(data_dir, tmp_path):
     assert trainer.step == 5
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow is the point of the test
 def test_nonfinite_loss_stops_or_skips(data_dir, tmp_path):
     from ddp_edf.trainer import TrainingError
     trainer, _ = make_trainer(data_dir, tmp_path, "optim.lr=1e30")
