@@ -85,6 +85,12 @@ class DistConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every_steps: int = 0          # write OUT/checkpoints/step-N.npz every N steps (0 = only at the end)
+    keep: int = 3                 # how many of the newest checkpoints to keep
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -93,6 +99,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 CHOICES = {
@@ -127,6 +134,8 @@ RANGES = {
     "log.every": (lambda v: v >= 1, ">= 1"),
     "dist.check_every": (lambda v: v >= 0, ">= 0"),
     "dist.timeout_s": (lambda v: v >= 0, ">= 0 (0 = off)"),
+    "checkpoint.every_steps": (lambda v: v >= 0, ">= 0 (0 = only at the end)"),
+    "checkpoint.keep": (lambda v: v >= 1, ">= 1"),
 }
 
 

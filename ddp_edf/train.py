@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import signal
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from .config import ConfigError, describe_keys, load_config, to_toml
 from .data import DataError
 from .dist.comm import make_comm
@@ -20,10 +22,12 @@ from .dist.data_parallel import OutOfSyncError
 from .dist.faults import Watchdog, run_or_abort
 from .dist.threads import configure_blas_threads
 from .report import Reporter
-from .trainer import Trainer, TrainingError
+from .trainer import Preempted, Trainer, TrainingError
 
-EXPECTED_ERRORS = (ConfigError, DataError, TrainingError, OutOfSyncError)
+EXPECTED_ERRORS = (ConfigError, DataError, TrainingError, OutOfSyncError, CheckpointError)
 COLLECTIVE_ERRORS = (ConfigError, TrainingError, OutOfSyncError)
+# Exit code after SIGTERM/SIGUSR1: the step finished, a checkpoint was written; rerun with --resume auto.
+EXIT_PREEMPTED = 75
 
 
 def parse_args(argv):
@@ -36,12 +40,15 @@ def parse_args(argv):
                         help="override one key, e.g. --set optim.lr=0.05 (repeatable)")
     parser.add_argument("--out", help="output folder (default: a new folder under runs/)")
     parser.add_argument("--init", help="start from parameters in an .npz keyed by name (fc0.W, ...)")
+    parser.add_argument("--resume", metavar="auto|PATH",
+                        help="continue from the newest valid checkpoint in OUT (auto; none: start fresh) "
+                             "or from the checkpoint file PATH")
     parser.add_argument("--dist", choices=("auto", "mpi", "serial"), default="auto",
                         help="communicator: MPI when launched by mpirun/mpiexec/srun (auto), or forced")
     return parser.parse_args(argv)
 
 
-def choose_out_dir(requested, config_path, comm) -> str:
+def choose_out_dir(requested, config_path, comm, resuming=False) -> str:
     """Rank 0 picks OUT (a fresh folder under runs/ by default) and tells the others."""
     out = None
     if comm.is_root:
@@ -55,9 +62,9 @@ def choose_out_dir(requested, config_path, comm) -> str:
             while os.path.exists(out):
                 suffix += 1
                 out = os.path.join("runs", f"{stamp}-{stem}-{suffix}")
-        if os.path.exists(os.path.join(out, "metrics.jsonl")):
+        if not resuming and os.path.exists(os.path.join(out, "metrics.jsonl")):
             out = ConfigError(f"--out {out} already holds a run (metrics.jsonl); choose another --out "
-                              f"so nothing saved there is overwritten")
+                              f"so nothing saved there is overwritten, or continue it with --resume auto")
     out = comm.broadcast_obj(out)
     if isinstance(out, Exception):
         raise out
@@ -74,12 +81,25 @@ def save_parameters(path, state: dict):
     os.replace(temporary, path)
 
 
+def find_resume_checkpoint(args, out, comm, reporter):
+    """Rank 0's checkpoint to resume from (None: start fresh; always None on other ranks)."""
+    if not args.resume or not comm.is_root:
+        return None
+    if args.resume == "auto":
+        return latest_checkpoint(out, warn=reporter.log)
+    return load_checkpoint(args.resume)
+
+
 def run(args, comm) -> int:
     config = load_config(args.config, args.set)
-    out = choose_out_dir(args.out, args.config, comm)
+    out = choose_out_dir(args.out, args.config, comm, resuming=bool(args.resume))
     threads_note = configure_blas_threads(comm.local_size)
     reporter = Reporter(out, enabled=comm.is_root)
     trainer = Trainer(config, comm, reporter, init_path=args.init)
+    trainer.out_dir = out
+    checkpoint = find_resume_checkpoint(args, out, comm, reporter)
+    if comm.broadcast_obj(checkpoint is not None):
+        trainer.resume_from(checkpoint)
     config.train.seed = trainer.seed  # the resolved config records the seed actually used
     if comm.is_root:
         (Path(out) / "config.toml").write_text(to_toml(config))
@@ -87,8 +107,17 @@ def run(args, comm) -> int:
     reporter.start_progress(trainer.total_steps)
     watchdog = Watchdog(comm, config.dist.timeout_s).start()
     trainer.on_step = watchdog.kick
+
+    def request_stop(signum, frame):
+        trainer.stop_requested = True  # acted on at the end of the current step, by every rank together
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, request_stop)
     try:
         trainer.run()
+    except Preempted as stop:
+        reporter.log(f"{stop}; continue with --resume auto --out {out} (exit code {EXIT_PREEMPTED})")
+        reporter.close()
+        return EXIT_PREEMPTED
     finally:
         watchdog.stop()
     if comm.is_root:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import Config
+from .checkpoint import check_compatible, save_checkpoint
+from .config import Config, to_dict
 from .data import epoch_permutation, load_dataset, prepare_dataset, shard_bounds, steps_per_epoch
 from .data.batches import BatchLoader
 from .data.sampler import global_batch
@@ -31,6 +32,10 @@ PHASES = ("data", "forward", "backward", "allreduce", "optimizer")
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message says why and what to try."""
+
+
+class Preempted(Exception):
+    """SIGTERM/SIGUSR1 arrived: every rank finished its step and a checkpoint was written."""
 
 
 def build_optimizer(optim, graph):
@@ -130,6 +135,8 @@ class Trainer:
         self.step = 0
         self.skipped_steps = 0
         self.on_step = lambda what="": None  # called after every step (the watchdog's kick)
+        self.stop_requested = False          # set by the SIGTERM/SIGUSR1 handler
+        self.out_dir = None                  # where rank 0 writes checkpoints (None: never)
 
     def _agree_on_seed(self) -> int:
         seed = self.config.train.seed
@@ -200,9 +207,12 @@ class Trainer:
         times, totals = StepTimes(), Totals()
         interval_start, samples = time.perf_counter(), 0
         last = {}
-        for epoch in range(cfg.train.epochs):
+        first_epoch = self.step // self.steps_per_epoch
+        epoch = first_epoch
+        for epoch in range(first_epoch, cfg.train.epochs):
             permutation = epoch_permutation(self.seed, epoch, len(self.dataset.train))
-            for t in range(self.steps_per_epoch):
+            for t in range(self.step - epoch * self.steps_per_epoch if epoch == first_epoch else 0,
+                           self.steps_per_epoch):
                 if self.step >= self.total_steps:
                     break
                 batch_indices = global_batch(permutation, t, cfg.train.global_batch)
@@ -217,20 +227,65 @@ class Trainer:
                 eval_due = (self.step % cfg.eval.every == 0) if cfg.eval.every else end_of_epoch
                 if cfg.dist.check_every and self.step % cfg.dist.check_every == 0:
                     check_in_sync(self.comm, self.graph.params, self.segments, self.step)
+                if cfg.checkpoint.every_steps and self.step % cfg.checkpoint.every_steps == 0:
+                    self.save_checkpoint()
                 if log_due or eval_due:
                     rate = samples / (time.perf_counter() - interval_start)
                     last = self._report(epoch, totals, times, rate, eval_due)
                     times, totals = StepTimes(), Totals()
                     interval_start, samples = time.perf_counter(), 0
                     self.on_step(f"evaluation after step {self.step}")
+                if self._stop_agreed():
+                    self.save_checkpoint()
+                    raise Preempted(f"stopped by a signal after step {self.step}; checkpoint written")
             if self.step >= self.total_steps:
                 break
         check_in_sync(self.comm, self.graph.params, self.segments, self.step)  # DDP: agree at the end
+        self.save_checkpoint()
         test = evaluate(self.model, self.dataset.test, self.comm, self.loader, cfg.eval.batch)
         self._record("test", epoch, test, {})
         reporter.log(f"test: loss {test['loss']:.4f}  error {test['error']:.4f}  "
                      f"({test['examples']} examples)")
         return {"test": test, "last": last, "step": self.step, "seed": self.seed}
+
+    # -- checkpoints and preemption -------------------------------------------------------------
+
+    def _stop_agreed(self) -> bool:
+        """True on every rank once any rank has received SIGTERM/SIGUSR1 (one tiny Allreduce per step)."""
+        flag = np.array([1.0 if self.stop_requested else 0.0])
+        if self.comm.world_size > 1:
+            self.comm.allreduce(flag)  # DDP: signals reach ranks at different instants; agree on the step
+        return bool(flag[0])
+
+    def checkpoint_meta(self) -> dict:
+        return {"step": self.step, "epoch": self.step // self.steps_per_epoch,
+                "step_in_epoch": self.step % self.steps_per_epoch, "seed": self.seed,
+                "world_size": self.comm.world_size, "layout": [[p.name, list(p.value.shape)] for p in
+                                                               self.graph.parameters],
+                "config": to_dict(self.config)}
+
+    def save_checkpoint(self):
+        if self.comm.is_root and self.out_dir:  # rank 0 alone writes
+            path = save_checkpoint(self.out_dir, self.graph.params, self.optimizer.state_dict(),
+                                   self.checkpoint_meta(), self.config.checkpoint.keep)
+            self.reporter.log(f"checkpoint: {path}")
+
+    def resume_from(self, checkpoint):
+        """Continue a saved run: rank 0 read ``checkpoint`` (None on other ranks) and broadcasts it."""
+        if self.comm.is_root:
+            check_compatible(checkpoint, to_dict(self.config),
+                             [(p.name, p.value.shape) for p in self.graph.parameters])
+            self.graph.params[...] = checkpoint["params"]
+            self.optimizer.load_state_dict({**checkpoint["optim"]})
+        meta = self.comm.broadcast_obj(checkpoint["meta"] if self.comm.is_root else None)
+        broadcast_params(self.comm, self.graph.params)  # DDP: every rank continues from rank 0's file
+        for name in self.optimizer.state_names:
+            self.comm.broadcast(getattr(self.optimizer, name))
+        self.optimizer.steps_taken = self.comm.broadcast_obj(self.optimizer.steps_taken)
+        self.step, self.seed = meta["step"], meta["seed"]
+        self.config.train.seed = self.seed
+        self.reporter.log(f"resumed from {checkpoint['path'] if checkpoint else 'rank 0 checkpoint'} "
+                          f"at step {self.step} (saved with {meta['world_size']} ranks)")
 
     def _report(self, epoch, totals, times, rate, with_dev) -> dict:
         train = totals.reduced(self.comm).figures()  # DDP: the whole global batch's figures

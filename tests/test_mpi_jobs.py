@@ -106,3 +106,42 @@ def test_two_ranks_reach_single_process_accuracy_on_fashion_mnist(tmp_path):
     assert figures[1]["epoch"] == figures[2]["epoch"] == 1
     accuracy = {w: 1 - f["error"] for w, f in figures.items()}
     assert accuracy[2] >= 0.85 and abs(accuracy[2] - accuracy[1]) <= 0.005, accuracy
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_preemption_signal_checkpoints_and_the_run_resumes(job_args, tmp_path, signum):
+    out = tmp_path / "preempted"
+    process = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "ddp_edf.train", "--out", str(out),
+                                *job_args, "--set", "train.epochs=100000"], cwd=ROOT, env=clean_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 75, output
+    checkpoints = sorted((out / "checkpoints").glob("step-*.npz"))
+    assert len(checkpoints) == 1 and "stopped by a signal" in output
+    step = int(checkpoints[0].stem.split("-")[1])
+    result, _ = run_job(2, ["-m", "ddp_edf.train", "--out", str(out), "--resume", "auto", *job_args,
+                            "--set", "train.epochs=100000", "--set", f"train.max_steps={step + 20}"])
+    assert result.returncode == 0, result.stderr
+    assert f"resumed from {checkpoints[0]} at step {step}" in result.stdout
+    assert (out / f"checkpoints/step-{step + 20:08d}.npz").exists() and (out / "model.npz").exists()
+
+
+def test_resume_at_another_world_size_stays_within_tolerance(job_args, tmp_path):
+    import numpy as np
+    common = [*job_args, "--set", "train.epochs=2", "--set", "optim.lr=0.05"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    serial = [sys.executable, "-m", "ddp_edf.train", "--dist", "serial"]
+    assert subprocess.run([*serial, "--out", str(whole), *common], cwd=ROOT, env=clean_env()).returncode == 0
+    assert subprocess.run([*serial, "--out", str(parts), *common, "--set", "train.max_steps=33"], cwd=ROOT,
+                          env=clean_env()).returncode == 0
+    result, _ = run_job(3, ["-m", "ddp_edf.train", "--out", str(parts), "--resume", "auto", *common])
+    assert result.returncode == 0, result.stderr
+    with np.load(whole / "model.npz") as a, np.load(parts / "model.npz") as b:
+        for name in a.files:
+            difference = np.linalg.norm(b[name] - a[name]) / np.linalg.norm(a[name])
+            assert difference <= 1e-5, (name, difference)
