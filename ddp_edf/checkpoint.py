@@ -37,20 +37,17 @@ def checkpoint_dir(out_dir) -> Path:
     return Path(out_dir) / "checkpoints"
 
 
-def save_checkpoint(out_dir, params: np.ndarray, optim_state: dict, meta: dict, keep: int) -> Path:
-    folder = checkpoint_dir(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step-{meta['step']:08d}.npz"
-    arrays = {"params": params, **{f"optim.{k}": np.asarray(v) for k, v in optim_state.items()},
-              "meta": np.frombuffer(json.dumps({**meta, "format_version": FORMAT_VERSION}).encode(), np.uint8)}
-    temporary = folder / f".{path.name}.tmp-{os.getpid()}"
+def write_atomically(path, write):
+    """``write(handle)`` into a temporary file beside ``path``, fsync, rename: readers see the old file or the new."""
+    path = Path(path)
+    temporary = path.parent / f".{path.name}.tmp-{os.getpid()}"
     try:
         with open(temporary, "wb") as handle:
-            np.savez(handle, **arrays)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-        directory = os.open(folder, os.O_RDONLY)
+        directory = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(directory)  # make the rename itself durable
         finally:
@@ -58,6 +55,15 @@ def save_checkpoint(out_dir, params: np.ndarray, optim_state: dict, meta: dict, 
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def save_checkpoint(out_dir, params: np.ndarray, optim_state: dict, meta: dict, keep: int) -> Path:
+    folder = checkpoint_dir(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step-{meta['step']:08d}.npz"
+    arrays = {"params": params, **{f"optim.{k}": np.asarray(v) for k, v in optim_state.items()},
+              "meta": np.frombuffer(json.dumps({**meta, "format_version": FORMAT_VERSION}).encode(), np.uint8)}
+    write_atomically(path, lambda handle: np.savez(handle, **arrays))
     for old in sorted(p for p in folder.iterdir() if NAME.match(p.name))[:-keep]:
         old.unlink()
     return path

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, write_atomically
 from .config import ConfigError, describe_keys, load_config, to_toml
 from .data import DataError
 from .dist.comm import make_comm
@@ -72,13 +72,8 @@ def choose_out_dir(requested, config_path, comm, resuming=False) -> str:
 
 
 def save_parameters(path, state: dict):
-    """An .npz keyed by parameter name, written to a temp file and renamed (never half-written)."""
-    temporary = f"{path}.tmp-{os.getpid()}.npz"
-    with open(temporary, "wb") as handle:
-        np.savez(handle, **state)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    """An .npz keyed by parameter name, written atomically (never half-written)."""
+    write_atomically(path, lambda handle: np.savez(handle, **state))
 
 
 def find_resume_checkpoint(args, out, comm, reporter):

@@ -1,7 +1,5 @@
 """Checkpoints: atomic writes, exact resume, refusal of corrupt, pickled and mismatched files."""
 
-import json
-import os
 import signal
 import subprocess
 import sys

@@ -1,6 +1,5 @@
 """Where data is looked for, downloads from a local HTTP server, splits and batches."""
 
-import gzip
 import hashlib
 import http.server
 import threading
@@ -12,7 +11,7 @@ import pytest
 from ddp_edf.data import DataError, load_dataset
 from ddp_edf.data import datasets as ds
 from ddp_edf.data.batches import BatchLoader
-from idx_files import idx_bytes, write_dataset
+from idx_files import write_dataset
 
 
 def test_search_order(isolated_data, monkeypatch):

@@ -11,7 +11,6 @@ mpi4py.  mpi4py is imported only when an MPIComm is made.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 
 import numpy as np
@@ -119,7 +118,3 @@ def make_comm(kind: str = "auto"):
     if kind == "serial":
         return SerialComm()
     raise ValueError(f"unknown --dist '{kind}': choose auto, mpi or serial")
-
-
-def host_name() -> str:
-    return socket.gethostname()
