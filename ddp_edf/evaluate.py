@@ -1,0 +1,98 @@
+"""python -m ddp_edf.evaluate --checkpoint PATH [--split dev|test|train] [--batch N] [--data-dir DIR]
+
+Loss and error rate of a saved model on one split, in one process or sharded over MPI ranks.
+PATH is a checkpoint (OUT/checkpoints/step-*.npz) or a run folder OUT (its newest valid checkpoint).
+The model and the data split (dataset, data.dev_size, data.train_limit) come from the config saved in
+the checkpoint, so "dev" is exactly the held-out set the run reported on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .checkpoint import CheckpointError, check_compatible, latest_checkpoint, load_checkpoint
+from .config import ConfigError, from_dict, to_dict, validate
+from .data import DataError, load_dataset, prepare_dataset
+from .data.batches import BatchLoader
+from .dist.comm import make_comm
+from .dist.data_parallel import broadcast_params
+from .dist.faults import run_or_abort
+from .dist.threads import configure_blas_threads
+from .models import build_model
+from .trainer import evaluate
+
+EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m ddp_edf.evaluate",
+                                     description="Evaluate a checkpoint on a data split (serial or under mpirun).")
+    parser.add_argument("--checkpoint", required=True, metavar="PATH",
+                        help="a checkpoint .npz, or a run folder (its newest valid checkpoint)")
+    parser.add_argument("--split", choices=("dev", "test", "train"), default="test")
+    parser.add_argument("--batch", type=int, default=0, help="examples per forward pass (default: eval.batch)")
+    parser.add_argument("--data-dir", help="where the dataset files are, if not where training found them")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    parser.add_argument("--dist", choices=("auto", "mpi", "serial"), default="auto")
+    return parser.parse_args(argv)
+
+
+def read_checkpoint(path: str) -> dict:
+    if os.path.isdir(path):
+        checkpoint = latest_checkpoint(path)
+        if checkpoint is None:
+            raise CheckpointError(f"{path} holds no valid checkpoint (looked in {path}/checkpoints)")
+        return checkpoint
+    return load_checkpoint(path)
+
+
+def run(args, comm) -> int:
+    if args.batch < 0:
+        raise ConfigError(f"--batch {args.batch} must be positive")
+    checkpoint = read_checkpoint(args.checkpoint) if comm.is_root else None  # DDP: rank 0 reads the file
+    saved = comm.broadcast_obj(checkpoint["meta"] if comm.is_root else None)
+    config = from_dict(saved["config"], source=f"config saved in {args.checkpoint}")
+    if args.data_dir:
+        config.data.dir = args.data_dir
+    validate(config)
+    configure_blas_threads(comm.local_size)
+    data = config.data
+    if comm.is_root:
+        prepare_dataset(data.dataset, data.dir, allow_download=data.download)
+    comm.barrier()
+    dataset = load_dataset(data.dataset, data.dir, False, data.dev_size, data.train_limit)
+    m = config.model
+    model = build_model(m.kind, dataset.num_features, dataset.num_classes, m.hidden, m.activation, seed=m.init_seed)
+    if comm.is_root:
+        check_compatible(checkpoint, to_dict(config), [(p.name, p.value.shape) for p in model.graph.parameters])
+        model.graph.params[...] = checkpoint["params"]
+    broadcast_params(comm, model.graph.params)  # DDP: every rank evaluates rank 0's parameters
+    split = getattr(dataset, args.split)
+    result = evaluate(model, split, comm, BatchLoader(dataset.num_features), args.batch or config.eval.batch)
+    result = {"checkpoint": checkpoint["path"] if comm.is_root else None, "step": saved["step"],
+              "split": args.split, "dataset": data.dataset, **result, "accuracy": 1.0 - result["error"]}
+    if comm.is_root:
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print(f"{result['checkpoint']} (step {result['step']}): {args.split} loss {result['loss']:.4f} "
+                  f"error {result['error']:.4f} accuracy {result['accuracy']:.4f} "
+                  f"({result['examples']} examples, {comm.world_size} rank{'s' * (comm.world_size > 1)})")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        comm = make_comm(args.dist)
+    except RuntimeError as error:
+        print(f"ddp_edf: error: {error}", file=sys.stderr)
+        return 1
+    return run_or_abort(comm, lambda: run(args, comm), EXPECTED_ERRORS)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
