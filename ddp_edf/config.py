@@ -82,6 +82,7 @@ class DistConfig:
     check_every: int = 1000       # steps between parameter checksums across ranks (0 = only at the end)
     timeout_s: float = 300.0      # watchdog: abort when no step completes for this long (0 = off)
     nonfinite: str = "stop"       # non-finite loss: stop | skip (the step, on every rank)
+    reduction: str = "auto"       # gradient sum: allreduce | shared (MPI-3 shared memory per host) | auto
 
 
 @dataclass
@@ -108,6 +109,7 @@ CHOICES = {
     "optim.name": ("sgd", "adam"),
     "optim.schedule": ("constant", "step", "cosine"),
     "dist.nonfinite": ("stop", "skip"),
+    "dist.reduction": ("auto", "allreduce", "shared"),
 }
 # key -> (test, what is allowed)
 RANGES = {

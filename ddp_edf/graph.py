@@ -38,13 +38,17 @@ class Node:
     # gradient of inputs that need none, e.g. the image batch x.
     needs_grad: bool = False
     inputs: tuple[Node, ...] = ()
-    # True between Graph.backward's zeroing and the first contribution: addgrad_matmul may then
-    # write the product straight into .grad instead of adding a temporary.
+    # True from the start of Graph.backward until the first contribution: .grad holds no
+    # gradient yet (possibly stale values), so the first addgrad* writes instead of adding.
     _grad_is_zero: bool = True
 
     def addgrad(self, delta):
-        # The lecture's accumulation: x.grad += (contribution of one consumer)
-        self.grad += delta
+        # The lecture's accumulation: x.grad += (contribution of one consumer).  The first
+        # contribution is copied instead, so gradients need no zeroing pass before backward.
+        if self._grad_is_zero:
+            np.copyto(self.grad, delta)
+        else:
+            self.grad += delta
         self._grad_is_zero = False
 
     def addgrad_matmul(self, a, b):
@@ -53,6 +57,14 @@ class Node:
             np.matmul(a, b, out=self.grad)
         else:
             self.grad += a @ b
+        self._grad_is_zero = False
+
+    def addgrad_product(self, a, b):
+        """``self.addgrad(a * b)`` (elementwise), written in place when this is the first contribution."""
+        if self._grad_is_zero:
+            np.multiply(a, b, out=self.grad)
+        else:
+            self.grad += a * b
         self._grad_is_zero = False
 
     def describe(self) -> str:
@@ -184,6 +196,25 @@ class Graph:
             p.value = self.params[start:stop].reshape(shape)
             p.grad = self.grads[start:stop].reshape(shape)
 
+    def grads_with_tail(self, extra: int, storage: np.ndarray | None = None) -> np.ndarray:
+        """Move the flat gradient buffer to the front of ``storage`` (n + extra elements; new zeros
+        by default), leaving ``extra`` spare slots after it.  Returns ``storage``.
+
+        Whoever sums gradients across processes can hand in memory of its own (e.g. shared memory)
+        and put values in the spare slots (flags, counts) so they travel in the same reduction.
+        ``grads`` and every ``p.grad`` become views of it; build optimizers after calling this.
+        """
+        n = self.grads.size
+        if storage is None:
+            storage = np.zeros(n + extra, dtype=self.dtype)
+        if storage.shape != (n + extra,) or storage.dtype != self.dtype:
+            raise ValueError(f"gradient storage must be a flat {self.dtype} array of {n + extra} elements")
+        storage[:n] = self.grads
+        self.grads = storage[:n]
+        for p, start, stop in zip(self.parameters, self.offsets[:-1], self.offsets[1:]):
+            p.grad = self.grads[start:stop].reshape(p.value.shape)
+        return storage
+
     # -- parameters by name ---------------------------------------------------------------
 
     @property
@@ -232,13 +263,10 @@ class Graph:
         (gradient accumulation over micro-batches).
         """
         order = self._backward_order(loss)
-        if not accumulate:
-            self.grads.fill(0)
         for p in self.parameters:
-            p._grad_is_zero = not accumulate
+            p._grad_is_zero = not accumulate    # accumulate: keep what is in grads, add to it
         for node in order:
             node.grad = node.buffer("grad", np.shape(node.value), node.value.dtype)
-            node.grad.fill(0)
             node._grad_is_zero = True
         for node in self.nodes:
             if isinstance(node, Input) and node.needs_grad:
@@ -247,7 +275,14 @@ class Graph:
         loss.grad[...] = grad_scale
         loss._grad_is_zero = False
         for node in reversed(order):
+            if node._grad_is_zero:              # no consumer contributed: its gradient is 0
+                node.grad.fill(0)
+                node._grad_is_zero = False
             node.backward()
+        for p in self.parameters:
+            if p._grad_is_zero:                 # not reached by this loss: d(loss)/dp = 0
+                p.grad.fill(0)
+                p._grad_is_zero = False
 
     def _backward_order(self, loss: Node) -> list[CompNode]:
         """The computed nodes that lie on a path from a parameter to ``loss`` (others need no backward)."""

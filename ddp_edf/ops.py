@@ -78,8 +78,7 @@ class Relu(CompNode):
     def backward(self):
         # x.grad[b,j] += y.grad[b,j] [x[b,j] > 0]
         mask = np.greater(self.x.value, 0, out=self.buffer("mask", self.value.shape, bool))
-        contribution = np.multiply(self.grad, mask, out=self.buffer("dx", self.value.shape, self.value.dtype))
-        self.x.addgrad(contribution)
+        self.x.addgrad_product(self.grad, mask)  # one multiply by the mask, in place on first use
 
 
 class Sigmoid(CompNode):

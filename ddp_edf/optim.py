@@ -79,18 +79,27 @@ class SGD(Optimizer):
         self.state_names = ("velocity",) if momentum else ()
 
     def step(self, lr: float):
-        g = self._gradient_with_decay()
+        # Four passes over the model for momentum SGD without decay (grads are left as they are):
+        # v *= mu, v += g, d * eta into scratch, Phi -= scratch.
+        scratch = self._scratch
+        if self.weight_decay:
+            g = self._gradient_with_decay()     # g = grad + wd Phi, in scratch
+        else:
+            g = self.grads
+        d = g
         if self.momentum:
             v = self.velocity
             v *= self.momentum
             v += g                              # v <- mu v + g
             if self.nesterov:
-                np.multiply(v, self.momentum, out=self._nesterov_term)
-                g += self._nesterov_term        # d = g + mu v
+                term = self._nesterov_term
+                np.multiply(v, self.momentum, out=term)
+                term += g                       # d = g + mu v
+                d = term
             else:
-                np.copyto(g, v)                 # d = v
-        g *= lr
-        self.params -= g                        # Phi <- Phi - eta d
+                d = v                           # d = v
+        np.multiply(d, lr, out=scratch)
+        self.params -= scratch                  # Phi <- Phi - eta d
         self.steps_taken += 1
 
 

@@ -23,7 +23,8 @@ from .config import Config, to_dict
 from .data import epoch_permutation, load_dataset, prepare_dataset, shard_bounds, steps_per_epoch
 from .data.batches import BatchLoader
 from .data.sampler import global_batch
-from .dist.data_parallel import allreduce_grads, broadcast_params, check_in_sync
+from .dist.data_parallel import broadcast_params, check_in_sync
+from .dist.reduce import make_reducer
 from .models import build_model
 from .optim import SGD, Adam, learning_rate
 
@@ -38,10 +39,10 @@ class Preempted(Exception):
     """SIGTERM/SIGUSR1 arrived: every rank finished its step and a checkpoint was written."""
 
 
-def build_optimizer(optim, graph):
+def build_optimizer(optim, params, grads):
     if optim.name == "sgd":
-        return SGD(graph.params, graph.grads, optim.momentum, optim.nesterov, optim.weight_decay)
-    return Adam(graph.params, graph.grads, (optim.beta1, optim.beta2), optim.eps, optim.weight_decay)
+        return SGD(params, grads, optim.momentum, optim.nesterov, optim.weight_decay)
+    return Adam(params, grads, (optim.beta1, optim.beta2), optim.eps, optim.weight_decay)
 
 
 def load_init(path: str) -> dict:
@@ -119,7 +120,15 @@ class Trainer:
             except ValueError as error:
                 raise TrainingError(str(error)) from None
         broadcast_params(comm, self.graph.params)  # DDP: every rank starts from rank 0's parameters
-        self.optimizer = build_optimizer(config.optim, self.graph)
+        # DDP: the reduced buffer is the gradients plus two flags, [non-finite loss, stop signal], so
+        # the one collective of a step carries both agreements with the gradient sum.  Backward
+        # writes into the reducer's input (shared memory with dist.reduction = shared); the
+        # optimizer reads the reducer's total (the same array for a plain Allreduce).
+        n = self.graph.num_params
+        self.reducer = make_reducer(comm, n + 2, self.graph.dtype, config.dist.reduction)
+        self.graph.grads_with_tail(2, storage=self.reducer.input)
+        self.local_flags, self.total_flags = self.reducer.input[n:], self.reducer.total[n:]
+        self.optimizer = build_optimizer(config.optim, self.graph.params, self.reducer.total[:n])
         self.loader = BatchLoader(self.dataset.num_features)
         self.segments = [(p.name, int(a), int(b)) for p, a, b in
                          zip(self.graph.parameters, self.graph.offsets[:-1], self.graph.offsets[1:])]
@@ -136,6 +145,7 @@ class Trainer:
         self.skipped_steps = 0
         self.on_step = lambda what="": None  # called after every step (the watchdog's kick)
         self.stop_requested = False          # set by the SIGTERM/SIGUSR1 handler
+        self.stop_agreed = False             # some rank had stop_requested at the last Allreduce
         self.out_dir = None                  # where rank 0 writes checkpoints (None: never)
 
     def _agree_on_seed(self) -> int:
@@ -171,12 +181,13 @@ class Trainer:
                 times.seconds[phase] += dt
         if first:
             graph.grads.fill(0)  # DDP: an empty shard (short last batch, B < W) still joins the Allreduce
-        if not math.isfinite(local_loss):
-            graph.grads[0] = np.nan  # the Allreduce carries the news to every rank
+        self.local_flags[0] = 0.0 if math.isfinite(local_loss) else 1.0   # DDP: summed: every rank learns of it
+        self.local_flags[1] = 1.0 if self.stop_requested else 0.0         # DDP: a signal reached this rank
         t4 = time.perf_counter()
-        allreduce_grads(comm, graph.grads)  # DDP: one in-place SUM of the flat gradient buffer
+        self.reducer.reduce()  # DDP: ONE sum over ranks of the gradients and the flags
         t5 = time.perf_counter()
-        finite = math.isfinite(graph.grads[0])  # identical on every rank after the Allreduce
+        finite = self.total_flags[0] == 0  # identical on every rank after the reduction
+        self.stop_agreed = bool(self.total_flags[1] > 0)
         if finite:
             self.optimizer.step(self._lr())
         t6 = time.perf_counter()
@@ -235,7 +246,7 @@ class Trainer:
                     times, totals = StepTimes(), Totals()
                     interval_start, samples = time.perf_counter(), 0
                     self.on_step(f"evaluation after step {self.step}")
-                if self._stop_agreed():
+                if self.stop_agreed:
                     self.save_checkpoint()
                     raise Preempted(f"stopped by a signal after step {self.step}; checkpoint written")
             if self.step >= self.total_steps:
@@ -249,13 +260,6 @@ class Trainer:
         return {"test": test, "last": last, "step": self.step, "seed": self.seed}
 
     # -- checkpoints and preemption -------------------------------------------------------------
-
-    def _stop_agreed(self) -> bool:
-        """True on every rank once any rank has received SIGTERM/SIGUSR1 (one tiny Allreduce per step)."""
-        flag = np.array([1.0 if self.stop_requested else 0.0])
-        if self.comm.world_size > 1:
-            self.comm.allreduce(flag)  # DDP: signals reach ranks at different instants; agree on the step
-        return bool(flag[0])
 
     def checkpoint_meta(self) -> dict:
         return {"step": self.step, "epoch": self.step // self.steps_per_epoch,
@@ -313,6 +317,7 @@ class Trainer:
                           f"test {len(d.test)}")
         self.reporter.log(f"model: {c.model.kind} {self.graph.num_params:,} parameters "
                           f"({', '.join(p.name for p in self.graph.parameters)})")
-        self.reporter.log(f"ranks: {self.comm.world_size} ({self.comm.backend}); global batch "
+        self.reporter.log(f"ranks: {self.comm.world_size} ({self.comm.backend}, gradients summed by "
+                          f"{self.reducer.kind}); global batch "
                           f"{c.train.global_batch}; {self.steps_per_epoch} steps/epoch; {self.total_steps} steps; "
                           f"seed {self.seed}")

@@ -1,4 +1,4 @@
-"""The data-parallel protocol on flat buffers: same start, summed gradients, checked agreement.
+"""The data-parallel protocol on flat buffers: the same start, and checked agreement (sums: reduce.py).
 
 It sees only flat NumPy arrays and names of segments, never a graph or an op.
 """
@@ -17,15 +17,6 @@ class OutOfSyncError(RuntimeError):
 def broadcast_params(comm, params: np.ndarray):
     """Every rank starts from rank 0's parameters (initialised or loaded there)."""
     comm.broadcast(params, root=0)
-
-
-def allreduce_grads(comm, grads: np.ndarray):
-    """grads <- sum over ranks of grads: ONE in-place Allreduce of the whole flat buffer.
-
-    Each rank seeded its loss with 1/B_global, so the sum is exactly the gradient of the global
-    batch mean, whatever the shard sizes.
-    """
-    comm.allreduce(grads)
 
 
 def segment_digests(params: np.ndarray, segments) -> list[str]:

@@ -42,7 +42,8 @@ def relative_difference(a, b):
 
 
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("extra", [(), ("train.micro_batches=3", "optim.name=adam", "optim.lr=0.003")])
+@pytest.mark.parametrize("extra", [(), ("dist.reduction=allreduce",),
+                                   ("train.micro_batches=3", "optim.name=adam", "optim.lr=0.003")])
 def test_w_ranks_equal_one_process(shared_dir, extra, monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     comm = MPIComm()

@@ -1,0 +1,113 @@
+"""Summing the flat gradient buffer over ranks: the one collective of every training step.
+
+Two ways, same result (the sum of every rank's buffer, on every rank):
+
+* ``InPlaceAllreduce``: MPI_Allreduce(IN_PLACE, SUM) of the buffer.  Works everywhere.
+* ``SharedMemoryAllreduce``: the ranks of one host keep their gradient buffers side by side in one
+  MPI-3 shared-memory window, so backward writes straight into memory every local rank can read:
+
+      barrier                                   every local buffer is complete
+      total[part r] = sum_q slot_q[part r]      local rank r sums its 1/L of the vector (a reduce-scatter
+                                                by plain loads, no message copies)
+      Allreduce(total[part r]) across hosts     only with several hosts: among the ranks that have the
+                                                same local rank, so each inter-host message is 1/L long
+      barrier                                   every part of ``total`` is final; read it
+
+  ``total`` is shared too, so no allgather is needed.  It stays valid until the next ``reduce()``:
+  no rank can enter that call's summation before every rank has passed the first barrier, i.e. has
+  finished reading the previous total (the optimizer step comes before the next backward).
+
+This module sees flat NumPy arrays only, never a graph or an op.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+KINDS = ("auto", "allreduce", "shared")
+
+
+class InPlaceAllreduce:
+    """``input`` and ``total`` are one private buffer; reduce() sums it over ranks in place."""
+
+    kind = "allreduce"
+
+    def __init__(self, comm, size: int, dtype):
+        self.comm = comm
+        self.input = np.zeros(size, dtype=dtype)
+        self.total = self.input
+
+    def reduce(self) -> np.ndarray:
+        self.comm.allreduce(self.input)
+        return self.total
+
+    def close(self):
+        pass
+
+
+def _part(n: int, index: int, parts: int) -> slice:
+    q, m = divmod(n, parts)
+    start = index * q + min(index, m)
+    return slice(start, start + q + (index < m))
+
+
+class SharedMemoryAllreduce:
+    """Per-host sums in an MPI-3 shared window, then (several hosts) one Allreduce per part across hosts."""
+
+    kind = "shared"
+
+    def __init__(self, comm, size: int, dtype):
+        MPI = comm.MPI
+        self.host = comm.host_comm
+        local_rank, local_size = self.host.Get_rank(), self.host.Get_size()
+        hosts = comm.comm.allreduce(1 if local_rank == 0 else 0)
+        if comm.world_size != hosts * local_size or len(set(comm.allgather_obj(local_size))) != 1:
+            raise ValueError("dist.reduction = 'shared' needs the same number of ranks on every host")
+        dtype = np.dtype(dtype)
+        rows = local_size + 1  # one slot per local rank, then the total
+        nbytes = rows * size * dtype.itemsize if local_rank == 0 else 0
+        self.window = MPI.Win.Allocate_shared(nbytes, dtype.itemsize, comm=self.host)
+        memory, _ = self.window.Shared_query(0)
+        table = np.ndarray(buffer=memory, dtype=dtype, shape=(rows, size))
+        self.slots, self.total = table[:local_size], table[local_size]
+        self.input = self.slots[local_rank]
+        self.input.fill(0)
+        self.part = _part(size, local_rank, local_size)
+        # Ranks with the same local rank on different hosts: they Allreduce the same part.
+        self.across = comm.comm.Split(local_rank, comm.rank) if hosts > 1 else None
+        self.MPI = MPI
+        self.host.Barrier()
+
+    def reduce(self) -> np.ndarray:
+        self.host.Barrier()                       # every slot on this host is complete
+        part = self.part
+        # total[p] = slot_0[p] + slot_1[p] + ... in local-rank order (the same order on every host)
+        np.sum(self.slots[:, part], axis=0, out=self.total[part])
+        if self.across is not None:
+            self.across.Allreduce(self.MPI.IN_PLACE, self.total[part], op=self.MPI.SUM)
+        self.host.Barrier()                       # every part of total is final
+        return self.total
+
+    def close(self):
+        if self.window is not None:
+            self.host.Barrier()
+            self.window.Free()
+            self.window = None
+            if self.across is not None:
+                self.across.Free()
+
+
+def make_reducer(comm, size: int, dtype, kind: str = "auto"):
+    """The gradient reducer for ``comm``: 'shared' memory within hosts, plain 'allreduce', or 'auto'.
+
+    auto = shared when several ranks share a host and every host has as many ranks; else allreduce.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown reduction '{kind}': choose one of {list(KINDS)}")
+    if comm.world_size == 1 or kind == "allreduce":
+        return InPlaceAllreduce(comm, size, dtype)
+    if kind == "auto":
+        sizes = comm.allgather_obj(comm.local_size)
+        if min(sizes) < 2 or len(set(sizes)) != 1:
+            return InPlaceAllreduce(comm, size, dtype)
+    return SharedMemoryAllreduce(comm, size, dtype)

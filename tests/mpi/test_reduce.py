@@ -1,0 +1,84 @@
+"""Gradient reducers under real MPI: every kind returns the exact sum on every rank, step after step."""
+
+import numpy as np
+import pytest
+
+from ddp_edf.dist.comm import MPIComm
+from ddp_edf.dist.reduce import InPlaceAllreduce, SharedMemoryAllreduce, make_reducer
+from test_comm import agree
+
+
+class SplitHosts:
+    """MPIComm whose ranks are grouped into pretend hosts of `per_host` ranks (all share memory here),
+    so the inter-host path of SharedMemoryAllreduce runs on one machine."""
+
+    def __init__(self, per_host):
+        self.__dict__.update(vars(MPIComm()))
+        self.host_comm = self.comm.Split(self.rank // per_host, self.rank)
+        self.local_rank, self.local_size = self.host_comm.Get_rank(), self.host_comm.Get_size()
+
+    def allgather_obj(self, obj):
+        return self.comm.allgather(obj)
+
+
+def exact_sum_check(comm, reducer, size, steps=3):
+    """Integers in float64 sum exactly: the total must equal the closed form on every rank, every step."""
+    ok, message = True, ""
+    for step in range(steps):
+        values = np.arange(size, dtype=np.float64) * (comm.rank + 1) + step
+        reducer.input[...] = values
+        total = reducer.reduce()
+        W = comm.world_size
+        expected = np.arange(size, dtype=np.float64) * W * (W + 1) / 2 + step * W
+        if not np.array_equal(total, expected):
+            ok, message = False, f"step {step}: {total[:4]} vs {expected[:4]}"
+        if reducer.total is not reducer.input:
+            reducer.input[...] = -1.0   # the next backward overwrites the input: the total must not change
+        if not np.array_equal(total, expected):
+            ok, message = False, f"step {step}: total changed when the input was overwritten"
+        comm.comm.Barrier()
+    reducer.close()
+    agree(comm, ok, message)
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("size", [1, 7, 100_003])
+def test_shared_memory_sum_is_exact(size):
+    comm = MPIComm()
+    exact_sum_check(comm, SharedMemoryAllreduce(comm, size, np.float64), size)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_in_place_allreduce_is_exact():
+    comm = MPIComm()
+    exact_sum_check(comm, InPlaceAllreduce(comm, 1001, np.float64), 1001)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_shared_memory_across_pretend_hosts():
+    comm = MPIComm()
+    per_host = 2 if comm.world_size % 2 == 0 else 1   # W = 4: two hosts of 2; W = 2 or 3: one rank per host
+    split = SplitHosts(per_host)
+    exact_sum_check(split, SharedMemoryAllreduce(split, 100_003, np.float64), 100_003)
+
+
+@pytest.mark.mpi(min_size=3)
+def test_unequal_hosts_are_refused_and_auto_falls_back():
+    comm = MPIComm()
+    split = SplitHosts(comm.world_size - 1)        # hosts of W - 1 ranks and of 1 rank
+    try:
+        SharedMemoryAllreduce(split, 10, np.float64)
+        refused = False
+    except ValueError as error:
+        refused = "same number of ranks on every host" in str(error)
+    fallback = make_reducer(split, 10, np.float64, "auto")
+    agree(comm, refused and isinstance(fallback, InPlaceAllreduce))
+    fallback.close()
+
+
+@pytest.mark.mpi(min_size=2)
+def test_auto_chooses_shared_memory_on_one_host():
+    comm = MPIComm()
+    reducer = make_reducer(comm, 10, np.float32, "auto")
+    agree(comm, reducer.kind == "shared", reducer.kind)
+    reducer.close()
