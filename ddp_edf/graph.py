@@ -215,6 +215,18 @@ class Graph:
             p.grad = self.grads[start:stop].reshape(p.value.shape)
         return storage
 
+    def params_into(self, storage: np.ndarray, copy_values: bool = True):
+        """Keep the parameters in ``storage`` (a flat array of num_params elements, e.g. memory shared
+        with other processes) from now on: ``params`` and every ``p.value`` become views of it.
+        ``copy_values=False`` leaves storage as it is (another process fills it).  Build optimizers after."""
+        if storage.shape != self.params.shape or storage.dtype != self.dtype:
+            raise ValueError(f"parameter storage must be a flat {self.dtype} array of {self.params.size} elements")
+        if copy_values:
+            storage[...] = self.params
+        self.params = storage
+        for p, start, stop in zip(self.parameters, self.offsets[:-1], self.offsets[1:]):
+            p.value = storage[start:stop].reshape(p.value.shape)
+
     # -- parameters by name ---------------------------------------------------------------
 
     @property

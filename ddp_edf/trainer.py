@@ -5,8 +5,11 @@ One step, on every rank (lines that exist because of data parallelism carry a "D
     batch   = permutation(seed, epoch)[t*B : (t+1)*B]            same on every rank
     shard   = this rank's contiguous part of the batch            (sizes differ by at most 1)
     forward, backward with loss seed 1/B                          B = the GLOBAL batch size
-    Allreduce(SUM) of the flat gradient buffer                    = gradient of the global mean
+    sum over ranks of the flat gradient buffer (one collective)   = gradient of the global mean
     optimizer.step(lr(step))                                      identical on every rank
+
+With dist.reduction = shared (ranks on one host), the parameters live once per host in shared
+memory and each rank runs the optimizer on its part of them; the result is the same.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .checkpoint import check_compatible, save_checkpoint
+from .checkpoint import CheckpointError, check_compatible, save_checkpoint
 from .config import Config, to_dict
 from .data import epoch_permutation, load_dataset, prepare_dataset, shard_bounds, steps_per_epoch
 from .data.batches import BatchLoader
@@ -128,7 +131,12 @@ class Trainer:
         self.reducer = make_reducer(comm, n + 2, self.graph.dtype, config.dist.reduction)
         self.graph.grads_with_tail(2, storage=self.reducer.input)
         self.local_flags, self.total_flags = self.reducer.input[n:], self.reducer.total[n:]
-        self.optimizer = build_optimizer(config.optim, self.graph.params, self.reducer.total[:n])
+        if self.reducer.params is not None:  # DDP: one copy of the parameters per host, in shared memory
+            self.graph.params_into(self.reducer.params[:n], copy_values=comm.local_rank == 0)
+            self.reducer.finish_update()
+        # DDP: each rank updates its part of the parameters (all of them, except with shared memory)
+        self.part = self.reducer.update_part(n)
+        self.optimizer = build_optimizer(config.optim, self.graph.params[self.part], self.reducer.total[self.part])
         self.loader = BatchLoader(self.dataset.num_features)
         self.segments = [(p.name, int(a), int(b)) for p, a, b in
                          zip(self.graph.parameters, self.graph.offsets[:-1], self.graph.offsets[1:])]
@@ -144,6 +152,7 @@ class Trainer:
         self.step = 0
         self.skipped_steps = 0
         self.on_step = lambda what="": None  # called after every step (the watchdog's kick)
+        self.on_epoch_end = lambda epoch: None  # called on every rank after each epoch (and the last step)
         self.stop_requested = False          # set by the SIGTERM/SIGUSR1 handler
         self.stop_agreed = False             # some rank had stop_requested at the last Allreduce
         self.out_dir = None                  # where rank 0 writes checkpoints (None: never)
@@ -190,6 +199,7 @@ class Trainer:
         self.stop_agreed = bool(self.total_flags[1] > 0)
         if finite:
             self.optimizer.step(self._lr())
+        self.reducer.finish_update()  # DDP: with shared parameters, wait until every part is updated
         t6 = time.perf_counter()
         times.seconds["allreduce"] += t5 - t4
         times.seconds["optimizer"] += t6 - t5
@@ -249,6 +259,8 @@ class Trainer:
                 if self.stop_agreed:
                     self.save_checkpoint()
                     raise Preempted(f"stopped by a signal after step {self.step}; checkpoint written")
+                if end_of_epoch:
+                    self.on_epoch_end(epoch)
             if self.step >= self.total_steps:
                 break
         check_in_sync(self.comm, self.graph.params, self.segments, self.step)  # DDP: agree at the end
@@ -268,24 +280,43 @@ class Trainer:
                                                                self.graph.parameters],
                 "config": to_dict(self.config)}
 
+    def optimizer_state(self) -> dict:
+        """The optimizer state of the whole model (collective: parts may live on different ranks)."""
+        n = self.graph.num_params
+        state = self.optimizer.state_dict()
+        return {name: self.reducer.assemble(value, n) if name in self.optimizer.state_names else value
+                for name, value in state.items()}
+
     def save_checkpoint(self):
-        if self.comm.is_root and self.out_dir:  # rank 0 alone writes
-            path = save_checkpoint(self.out_dir, self.graph.params, self.optimizer.state_dict(),
-                                   self.checkpoint_meta(), self.config.checkpoint.keep)
+        """Collective (every rank calls it); rank 0 alone writes."""
+        state = self.optimizer_state()
+        if self.comm.is_root and self.out_dir:
+            path = save_checkpoint(self.out_dir, self.graph.params, state, self.checkpoint_meta(),
+                                   self.config.checkpoint.keep)
             self.reporter.log(f"checkpoint: {path}")
 
     def resume_from(self, checkpoint):
         """Continue a saved run: rank 0 read ``checkpoint`` (None on other ranks) and broadcasts it."""
+        n = self.graph.num_params
         if self.comm.is_root:
             check_compatible(checkpoint, to_dict(self.config),
                              [(p.name, p.value.shape) for p in self.graph.parameters])
-            self.graph.params[...] = checkpoint["params"]
-            self.optimizer.load_state_dict({**checkpoint["optim"]})
+            for name in self.optimizer.state_names:
+                if np.shape(checkpoint["optim"].get(name)) != (n,):
+                    raise CheckpointError(f"checkpoint {checkpoint['path']} lacks optimizer state '{name}' "
+                                          f"of {n} values")
         meta = self.comm.broadcast_obj(checkpoint["meta"] if self.comm.is_root else None)
-        broadcast_params(self.comm, self.graph.params)  # DDP: every rank continues from rank 0's file
+        # DDP: every rank receives the whole arrays from rank 0 and keeps its part
+        whole = self.comm.broadcast(checkpoint["params"].astype(self.graph.dtype) if self.comm.is_root
+                                    else np.empty(n, self.graph.dtype))
+        self.graph.params[self.part] = whole[self.part]
         for name in self.optimizer.state_names:
-            self.comm.broadcast(getattr(self.optimizer, name))
-        self.optimizer.steps_taken = self.comm.broadcast_obj(self.optimizer.steps_taken)
+            whole = self.comm.broadcast(checkpoint["optim"][name].astype(self.graph.dtype) if self.comm.is_root
+                                        else np.empty(n, self.graph.dtype))
+            getattr(self.optimizer, name)[...] = whole[self.part]
+        self.reducer.finish_update()
+        saved_steps = int(checkpoint["optim"]["steps_taken"]) if self.comm.is_root else None
+        self.optimizer.steps_taken = self.comm.broadcast_obj(saved_steps)
         self.step, self.seed = meta["step"], meta["seed"]
         self.config.train.seed = self.seed
         self.reporter.log(f"resumed from {checkpoint['path'] if checkpoint else 'rank 0 checkpoint'} "

@@ -17,6 +17,12 @@ Two ways, same result (the sum of every rank's buffer, on every rank):
   no rank can enter that call's summation before every rank has passed the first barrier, i.e. has
   finished reading the previous total (the optimizer step comes before the next backward).
 
+  The window also holds ONE copy of the parameters per host (``params``), and each local rank runs
+  the optimizer on its own part only (``update_part``; as in ZeRO stage 1, optimizer state is 1/L per
+  rank): after ``finish_update()`` (a barrier) every local rank sees the whole updated vector.
+  ``assemble()`` gathers the parts of optimizer state for a checkpoint, ``update_part`` tells each
+  rank what to load when resuming.
+
 This module sees flat NumPy arrays only, never a graph or an op.
 """
 
@@ -31,6 +37,7 @@ class InPlaceAllreduce:
     """``input`` and ``total`` are one private buffer; reduce() sums it over ranks in place."""
 
     kind = "allreduce"
+    params = None   # every rank keeps its own parameters and updates all of them
 
     def __init__(self, comm, size: int, dtype):
         self.comm = comm
@@ -40,6 +47,17 @@ class InPlaceAllreduce:
     def reduce(self) -> np.ndarray:
         self.comm.allreduce(self.input)
         return self.total
+
+    def update_part(self, n: int) -> slice:
+        """The part of an n-vector (parameters, optimizer state) this rank updates: all of it."""
+        return slice(0, n)
+
+    def finish_update(self):
+        pass
+
+    def assemble(self, part: np.ndarray, n: int) -> np.ndarray:
+        """The whole n-vector of which this rank holds ``update_part(n)``: here the part is the whole."""
+        return part
 
     def close(self):
         pass
@@ -64,12 +82,12 @@ class SharedMemoryAllreduce:
         if comm.world_size != hosts * local_size or len(set(comm.allgather_obj(local_size))) != 1:
             raise ValueError("dist.reduction = 'shared' needs the same number of ranks on every host")
         dtype = np.dtype(dtype)
-        rows = local_size + 1  # one slot per local rank, then the total
+        rows = local_size + 2  # one slot per local rank, the total, the host's parameters
         nbytes = rows * size * dtype.itemsize if local_rank == 0 else 0
         self.window = MPI.Win.Allocate_shared(nbytes, dtype.itemsize, comm=self.host)
         memory, _ = self.window.Shared_query(0)
         table = np.ndarray(buffer=memory, dtype=dtype, shape=(rows, size))
-        self.slots, self.total = table[:local_size], table[local_size]
+        self.slots, self.total, self.params = table[:local_size], table[local_size], table[local_size + 1]
         self.input = self.slots[local_rank]
         self.input.fill(0)
         self.part = _part(size, local_rank, local_size)
@@ -87,6 +105,25 @@ class SharedMemoryAllreduce:
             self.across.Allreduce(self.MPI.IN_PLACE, self.total[part], op=self.MPI.SUM)
         self.host.Barrier()                       # every part of total is final
         return self.total
+
+    def update_part(self, n: int) -> slice:
+        """This local rank's part of an n-vector (n <= size: the parameters, without trailing slots)."""
+        return slice(min(self.part.start, n), min(self.part.stop, n))
+
+    def finish_update(self):
+        """Barrier after each rank updated its part of ``params``: the whole vector is now current."""
+        self.host.Barrier()
+
+    def assemble(self, part: np.ndarray, n: int) -> np.ndarray:
+        """Collective: a copy of the whole n-vector whose ``update_part(n)`` each local rank holds in ``part``.
+
+        The parts are staged in ``total``, which is free between a step's update and the next reduce()."""
+        self.host.Barrier()
+        self.total[self.update_part(n)] = part
+        self.host.Barrier()
+        whole = self.total[:n].copy()
+        self.host.Barrier()                       # nobody reuses total before everyone has copied it
+        return whole
 
     def close(self):
         if self.window is not None:

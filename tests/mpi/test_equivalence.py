@@ -69,3 +69,51 @@ def test_sharded_evaluation_equals_one_process(shared_dir, monkeypatch, tmp_path
         ok = sharded["examples"] == whole["examples"] == len(split) and \
             abs(sharded["loss"] - whole["loss"]) <= 1e-9 * abs(whole["loss"]) and sharded["error"] == whole["error"]
         agree(comm, ok, f"{split.name}: {sharded} vs {whole}")
+
+
+def optimizer_arrays(trainer):
+    state = trainer.optimizer_state()   # collective: assembles the parts of every rank
+    return {name: state[name] for name in trainer.optimizer.state_names}
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("optim", [("optim.momentum=0.9",), ("optim.name=adam", "optim.lr=0.003")])
+def test_shared_memory_update_equals_allreduce(shared_dir, optim, monkeypatch, tmp_path):
+    """Sharded update (one parameter copy per host, each rank updates its part) == every rank updating all."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    comm = MPIComm()
+    runs = {}
+    for reduction in ("shared", "allreduce"):
+        trainer = Trainer(config_for(shared_dir, "train.max_steps=60", f"dist.reduction={reduction}", *optim), comm,
+                          Reporter(tmp_path, enabled=False))
+        trainer.run()
+        runs[reduction] = (trainer.reducer.kind, trainer.graph.params.copy(), optimizer_arrays(trainer))
+        trainer.reducer.close()
+    (kind_s, params_s, state_s), (kind_a, params_a, state_a) = runs["shared"], runs["allreduce"]
+    difference = relative_difference(params_s, params_a.astype(np.float64))
+    state_difference = max(relative_difference(state_s[k], state_a[k].astype(np.float64)) for k in state_a)
+    agree(comm, kind_s == "shared" and kind_a == "allreduce" and difference <= 1e-5 and state_difference <= 1e-5,
+          f"{kind_s}/{kind_a}: parameters differ by {difference:.2e}, optimizer state by {state_difference:.2e}")
+
+
+@pytest.mark.mpi(min_size=2)
+def test_resume_with_shared_memory_is_bit_for_bit(shared_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    comm = MPIComm()
+    out = Path(comm.broadcast_obj(str(shared_dir / "resume") if comm.is_root else None))
+    extra = ("optim.name=adam", "optim.lr=0.003", "train.epochs=3")
+    whole = Trainer(config_for(shared_dir, *extra), comm, Reporter(tmp_path, enabled=False))
+    whole.run()
+    first = Trainer(config_for(shared_dir, *extra, "train.max_steps=23"), comm, Reporter(tmp_path, enabled=False))
+    first.out_dir = out
+    first.run()
+    from ddp_edf.checkpoint import latest_checkpoint
+    resumed = Trainer(config_for(shared_dir, *extra), comm, Reporter(tmp_path, enabled=False))
+    resumed.out_dir = out
+    resumed.resume_from(latest_checkpoint(out) if comm.is_root else None)
+    resumed.run()
+    same = np.array_equal(resumed.graph.params, whole.graph.params)
+    state_same = all(np.array_equal(a, b) for a, b in zip(optimizer_arrays(resumed).values(),
+                                                         optimizer_arrays(whole).values()))
+    agree(comm, resumed.step == whole.step == 51 and same and state_same and resumed.reducer.kind == "shared",
+          f"step {resumed.step}, parameters equal {same}, optimizer state equal {state_same}")
