@@ -10,7 +10,7 @@ MPI_SIZES ?= 2 3 4
 MPI_TIMEOUT ?= 600
 ARGS ?=
 
-.PHONY: venv train test test-serial test-mpi bench clean
+.PHONY: venv train test test-serial test-mpi bench bench-peers clean
 
 venv: $(VENV)/.installed
 
@@ -34,8 +34,16 @@ test-mpi: venv
 	  timeout -k 10 $(MPI_TIMEOUT) $(MPIEXEC) -n $$n $(PY) -m mpi4py -m pytest -q -p no:cacheprovider --with-mpi -m mpi tests || exit 1; \
 	done
 
-bench: venv
+# Benchmarks (docs/performance.md).  bench-peers installs PyTorch and Chainer into .bench/ for the comparisons.
+bench: venv bench-peers
 	$(PY) benchmarks/step_throughput.py
+	$(PY) benchmarks/throughput.py --plot docs/throughput.png
+	$(PY) benchmarks/roofline.py
+	$(PY) benchmarks/compare_torch_ddp.py
+	$(PY) benchmarks/time_to_accuracy.py --plot docs/time_to_accuracy.png
+
+bench-peers:
+	PYTHON=$(PYTHON) bash benchmarks/setup_peers.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

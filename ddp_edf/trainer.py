@@ -128,9 +128,9 @@ class Trainer:
         # writes into the reducer's input (shared memory with dist.reduction = shared); the
         # optimizer reads the reducer's total (the same array for a plain Allreduce).
         n = self.graph.num_params
-        self.reducer = make_reducer(comm, n + 2, self.graph.dtype, config.dist.reduction)
+        self.reducer = make_reducer(comm, n + 2, self.graph.dtype, config.dist.reduction, tail=2)
         self.graph.grads_with_tail(2, storage=self.reducer.input)
-        self.local_flags, self.total_flags = self.reducer.input[n:], self.reducer.total[n:]
+        self.local_flags, self.total_flags = self.reducer.input[n:], self.reducer.tail_total
         if self.reducer.params is not None:  # DDP: one copy of the parameters per host, in shared memory
             self.graph.params_into(self.reducer.params[:n], copy_values=comm.local_rank == 0)
             self.reducer.finish_update()

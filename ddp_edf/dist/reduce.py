@@ -9,19 +9,19 @@ Two ways, same result (the sum of every rank's buffer, on every rank):
       barrier                                   every local buffer is complete
       total[part r] = sum_q slot_q[part r]      local rank r sums its 1/L of the vector (a reduce-scatter
                                                 by plain loads, no message copies)
-      Allreduce(total[part r]) across hosts     only with several hosts: among the ranks that have the
+      tail_total = sum_q slot_q[tail]           every rank sums the few trailing values (flags) itself
+      Allreduce(total[part r]), (tail_total)    only with several hosts: among the ranks that have the
                                                 same local rank, so each inter-host message is 1/L long
-      barrier                                   every part of ``total`` is final; read it
-
-  ``total`` is shared too, so no allgather is needed.  It stays valid until the next ``reduce()``:
-  no rank can enter that call's summation before every rank has passed the first barrier, i.e. has
-  finished reading the previous total (the optimizer step comes before the next backward).
 
   The window also holds ONE copy of the parameters per host (``params``), and each local rank runs
   the optimizer on its own part only (``update_part``; as in ZeRO stage 1, optimizer state is 1/L per
-  rank): after ``finish_update()`` (a barrier) every local rank sees the whole updated vector.
-  ``assemble()`` gathers the parts of optimizer state for a checkpoint, ``update_part`` tells each
-  rank what to load when resuming.
+  rank), reading only its own part of ``total``; ``finish_update()`` (a barrier) then makes the whole
+  updated vector visible to every local rank.  So a step has two barriers and no message copies on a
+  host.  When ``reduce()`` returns, this rank's part of ``total`` and ``tail_total`` are final; the
+  rest of ``total`` is final after ``finish_update()``.  No rank writes ``total`` again before every
+  rank has passed the next step's first barrier, i.e. finished its update.  ``assemble()`` gathers
+  the parts of optimizer state for a checkpoint; ``update_part`` tells each rank what to load when
+  resuming.
 
 This module sees flat NumPy arrays only, never a graph or an op.
 """
@@ -39,10 +39,11 @@ class InPlaceAllreduce:
     kind = "allreduce"
     params = None   # every rank keeps its own parameters and updates all of them
 
-    def __init__(self, comm, size: int, dtype):
+    def __init__(self, comm, size: int, dtype, tail: int = 0):
         self.comm = comm
         self.input = np.zeros(size, dtype=dtype)
         self.total = self.input
+        self.tail_total = self.total[size - tail:]   # the sum of the trailing `tail` values
 
     def reduce(self) -> np.ndarray:
         self.comm.allreduce(self.input)
@@ -74,7 +75,7 @@ class SharedMemoryAllreduce:
 
     kind = "shared"
 
-    def __init__(self, comm, size: int, dtype):
+    def __init__(self, comm, size: int, dtype, tail: int = 0):
         MPI = comm.MPI
         self.host = comm.host_comm
         local_rank, local_size = self.host.Get_rank(), self.host.Get_size()
@@ -91,6 +92,8 @@ class SharedMemoryAllreduce:
         self.input = self.slots[local_rank]
         self.input.fill(0)
         self.part = _part(size, local_rank, local_size)
+        self.tail = slice(size - tail, size)
+        self.tail_total = np.zeros(tail, dtype=dtype)   # private: every rank sums the tail itself
         # Ranks with the same local rank on different hosts: they Allreduce the same part.
         self.across = comm.comm.Split(local_rank, comm.rank) if hosts > 1 else None
         self.MPI = MPI
@@ -101,9 +104,10 @@ class SharedMemoryAllreduce:
         part = self.part
         # total[p] = slot_0[p] + slot_1[p] + ... in local-rank order (the same order on every host)
         np.sum(self.slots[:, part], axis=0, out=self.total[part])
+        np.sum(self.slots[:, self.tail], axis=0, out=self.tail_total)
         if self.across is not None:
             self.across.Allreduce(self.MPI.IN_PLACE, self.total[part], op=self.MPI.SUM)
-        self.host.Barrier()                       # every part of total is final
+            self.across.Allreduce(self.MPI.IN_PLACE, self.tail_total, op=self.MPI.SUM)
         return self.total
 
     def update_part(self, n: int) -> slice:
@@ -134,17 +138,18 @@ class SharedMemoryAllreduce:
                 self.across.Free()
 
 
-def make_reducer(comm, size: int, dtype, kind: str = "auto"):
+def make_reducer(comm, size: int, dtype, kind: str = "auto", tail: int = 0):
     """The gradient reducer for ``comm``: 'shared' memory within hosts, plain 'allreduce', or 'auto'.
 
     auto = shared when several ranks share a host and every host has as many ranks; else allreduce.
+    ``tail``: trailing values of the buffer (flags) whose sum every rank needs, in ``tail_total``.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown reduction '{kind}': choose one of {list(KINDS)}")
     if comm.world_size == 1 or kind == "allreduce":
-        return InPlaceAllreduce(comm, size, dtype)
+        return InPlaceAllreduce(comm, size, dtype, tail)
     if kind == "auto":
         sizes = comm.allgather_obj(comm.local_size)
         if min(sizes) < 2 or len(set(sizes)) != 1:
-            return InPlaceAllreduce(comm, size, dtype)
-    return SharedMemoryAllreduce(comm, size, dtype)
+            return InPlaceAllreduce(comm, size, dtype, tail)
+    return SharedMemoryAllreduce(comm, size, dtype, tail)
