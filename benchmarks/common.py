@@ -1,0 +1,155 @@
+"""What every benchmark shares: the model, the data, the timing protocol, how to launch W ranks.
+
+The model is the 784-256-10 relu MLP with softmax cross-entropy in float32, trained with SGD
+(lr 0.05, momentum 0.9) on Fashion-MNIST's 60,000 training images (MNIST's shape) when Debian's
+dataset-fashion-mnist is installed, else on random MNIST-shaped images (speed does not depend on the
+pixel values).  Every system reads the same uint8 images and scales them to float32 / 255 per batch.
+
+Importable from every venv (NumPy 1 or 2; no ddp_edf import here: peers must not depend on it).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+N_IN, N_HIDDEN, N_CLASSES = 784, 256, 10
+LR, MOMENTUM = 0.05, 0.9
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _read_idx_gz(path: Path):
+    import numpy as np
+    data = gzip.decompress(path.read_bytes())
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * k: 8 + 4 * k], "big") for k in range(ndim))
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_split(split="train"):
+    """(images uint8 (n, 784), labels int64 (n,)): Fashion-MNIST if installed, else random (60k / 10k)."""
+    import numpy as np
+    prefix = "train" if split == "train" else "t10k"
+    images, labels = FASHION / f"{prefix}-images-idx3-ubyte.gz", FASHION / f"{prefix}-labels-idx1-ubyte.gz"
+    if images.exists() and labels.exists():
+        return _read_idx_gz(images).reshape(-1, N_IN), _read_idx_gz(labels).astype(np.int64)
+    n = 60000 if split == "train" else 10000
+    rng = np.random.default_rng(0 if split == "train" else 1)
+    return rng.integers(0, 256, (n, N_IN), dtype=np.uint8), rng.integers(0, N_CLASSES, n).astype(np.int64)
+
+
+def data_source() -> str:
+    return "fashion-mnist" if FASHION.is_dir() else "random MNIST-shaped images"
+
+
+def shard(n: int, rank: int, world: int):
+    """Contiguous part [start, stop) of n items for one rank (sizes differ by at most one)."""
+    q, m = divmod(n, world)
+    start = rank * q + min(rank, m)
+    return start, start + q + (rank < m)
+
+
+def emit(record: dict):
+    """A worker's result: one JSON line on stdout, tagged so launchers can find it among other output."""
+    print("RESULT " + json.dumps(record), flush=True)
+
+
+def parse_result(stdout: str) -> dict:
+    lines = [line[len("RESULT "):] for line in stdout.splitlines() if line.startswith("RESULT ")]
+    if not lines:
+        raise RuntimeError("the worker printed no RESULT line")
+    return json.loads(lines[-1])
+
+
+def clean_env(threads: int, extra: dict | None = None) -> dict:
+    """The environment for a worker: no inherited MPI/launcher state, `threads` BLAS threads per rank."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PMI_", "MPI_LOCAL", "OMPI_", "PMIX_", "SLURM_")) and k not in THREAD_VARIABLES}
+    env.update({name: str(threads) for name in THREAD_VARIABLES})
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH), env.get("PYTHONPATH", "")]))
+    env.update(extra or {})
+    return env
+
+
+def run_worker(command, threads: int, timeout: float = 600, extra_env=None) -> dict:
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                            env=clean_env(threads, extra_env))
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, command))} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return parse_result(result.stdout)
+
+
+def mpiexec_for(python: str) -> str:
+    candidate = Path(python).parent / "mpiexec"
+    return str(candidate) if candidate.exists() else "mpiexec"
+
+
+def launch_mpi(python: str, script: str, world: int, args, threads: int = 1, timeout: float = 600) -> dict:
+    """`mpiexec -n W python script args` (W = 1 runs the script directly, no launcher)."""
+    command = [python, script, *map(str, args)]
+    if world > 1:
+        command = [mpiexec_for(python), "-n", str(world), *command]
+    return run_worker(command, threads, timeout)
+
+
+def venv_python(name: str) -> str | None:
+    """The interpreter of .bench/<name> (benchmarks/setup_peers.sh), or None if it is not installed."""
+    python = ROOT / ".bench" / name / "bin" / "python"
+    return str(python) if (python.parent.parent / ".installed").exists() else None
+
+
+class StepTimer:
+    """Steady-state timing inside a worker: `warmup` steps untimed, then at least `seconds` of steps.
+
+    Every rank runs the same number of steps (decided by rank 0 after a fixed probe), so collectives match.
+    """
+
+    def __init__(self, warmup: int, seconds: float):
+        self.warmup, self.seconds = warmup, seconds
+
+    def run(self, step, agree_int=lambda n: n, barrier=lambda: None) -> tuple[int, float]:
+        for _ in range(self.warmup):
+            step()
+        barrier()
+        start = time.perf_counter()
+        probe = 10
+        for _ in range(probe):
+            step()
+        barrier()
+        per_step = (time.perf_counter() - start) / probe
+        remaining = agree_int(max(int(self.seconds / per_step), 10))
+        for _ in range(remaining):
+            step()
+        barrier()
+        return probe + remaining, time.perf_counter() - start
+
+
+def median_and_range(values):
+    return statistics.median(values), min(values), max(values)
+
+
+def fmt_rate(values) -> str:
+    median, low, high = median_and_range(values)
+    return f"{median:,.0f} [{low:,.0f}-{high:,.0f}]"
+
+
+def machine_summary() -> str:
+    import numpy as np
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores ({cpu}), Python {sys.version.split()[0]}, NumPy {np.__version__}"

@@ -1,0 +1,106 @@
+"""ddp_edf against the systems a user would pick instead, same model, data, batch, lr and machine.
+
+    benchmarks/setup_peers.sh                      # once: .bench/torch and .bench/chainer
+    .venv/bin/python benchmarks/compare_torch_ddp.py [--worlds 1 2] [--batch 256] [--rounds 5]
+
+Systems (each skipped, with the reason, when it is not installed):
+  ddp_edf      python -m ddp_edf's Trainer.run under mpiexec        (benchmarks/workers/ddp_edf_worker.py)
+  torch_ddp    PyTorch DistributedDataParallel, gloo, under torchrun (workers/torch_ddp_worker.py)
+  chainermn    Chainer 7.8.1 + ChainerMN ('naive' communicator)     (workers/chainermn_worker.py)
+  handwritten  NumPy + mpi4py by hand: GEMM backward, one flat Allreduce (workers/handwritten_worker.py)
+One BLAS thread per rank.  Each round runs every system once per world size, in a rotating order, so
+machine drift spreads over all of them; ratios ddp_edf / other are taken within a round, then the median.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+WORKERS = common.BENCH / "workers"
+
+
+def available_systems():
+    """{name: function(world, batch, seconds) -> result} and {name: why it is missing}."""
+    systems, missing = {}, {}
+    main = sys.executable
+
+    def mpi_system(python, script):
+        return lambda world, batch, seconds: common.launch_mpi(
+            python, str(WORKERS / script), world, ["--batch", batch, "--seconds", seconds])
+
+    systems["ddp_edf"] = mpi_system(main, "ddp_edf_worker.py")
+    torch_python = common.venv_python("torch")
+    if torch_python:
+        torchrun = str(Path(torch_python).parent / "torchrun")
+        systems["torch_ddp"] = lambda world, batch, seconds: common.run_worker(
+            [torchrun, "--standalone", f"--nproc_per_node={world}", str(WORKERS / "torch_ddp_worker.py"),
+             "--batch", str(batch), "--seconds", str(seconds)], threads=1)
+    else:
+        missing["torch_ddp"] = "not installed: benchmarks/setup_peers.sh torch"
+    chainer_python = common.venv_python("chainer")
+    if chainer_python:
+        systems["chainermn"] = mpi_system(chainer_python, "chainermn_worker.py")
+    else:
+        missing["chainermn"] = "not installed: benchmarks/setup_peers.sh chainer"
+    systems["handwritten"] = mpi_system(main, "handwritten_worker.py")
+    return systems, missing
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per run (after warm-up)")
+    parser.add_argument("--systems", nargs="+", help="a subset of the systems")
+    parser.add_argument("--json", default=str(common.BENCH / "results" / "compare.json"))
+    args = parser.parse_args()
+    systems, missing = available_systems()
+    if args.systems:
+        systems = {k: v for k, v in systems.items() if k in args.systems}
+    for name, why in missing.items():
+        print(f"skipping {name}: {why}")
+    rates = {(name, w): [] for name in systems for w in args.worlds}
+    ratios = {(name, w): [] for name in systems if name != "ddp_edf" for w in args.worlds}
+    names = list(systems)
+    for round_index in range(args.rounds):
+        order = names[round_index % len(names):] + names[:round_index % len(names)]
+        for world in args.worlds:
+            this_round = {}
+            for name in order:
+                result = systems[name](world, args.batch, args.seconds)
+                this_round[name] = result["samples_per_s"]
+                rates[(name, world)].append(result["samples_per_s"])
+                print(f"round {round_index + 1} W={world} {name:12s} {result['samples_per_s']:>10,.0f} samples/s",
+                      flush=True)
+            for name in this_round:
+                if name != "ddp_edf" and "ddp_edf" in this_round:
+                    ratios[(name, world)].append(this_round["ddp_edf"] / this_round[name])
+
+    print(f"\n{common.machine_summary()}; data: {common.data_source()}; global batch {args.batch}; "
+          f"1 BLAS thread per rank; median [min-max] of {args.rounds} runs\n")
+    print("| system | " + " | ".join(f"W = {w} samples/s" for w in args.worlds) + " | "
+          + " | ".join(f"ddp_edf / system, W = {w}" for w in args.worlds) + " |")
+    print("|---|" + "---:|" * (2 * len(args.worlds)))
+    for name in names:
+        cells = [common.fmt_rate(rates[(name, w)]) for w in args.worlds]
+        cells += ["-" if name == "ddp_edf" else f"{statistics.median(ratios[(name, w)]):.2f}x" for w in args.worlds]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    if "ddp_edf" in systems and len(args.worlds) > 1:
+        w0, w1 = args.worlds[0], args.worlds[1]
+        print(f"\nddp_edf scaling W={w1} / W={w0}: "
+              f"{statistics.median(rates[('ddp_edf', w1)]) / statistics.median(rates[('ddp_edf', w0)]):.2f}x")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({
+        "machine": common.machine_summary(), "data": common.data_source(), "batch": args.batch,
+        "rates": {f"{n}@{w}": v for (n, w), v in rates.items()},
+        "ratios": {f"ddp_edf/{n}@{w}": v for (n, w), v in ratios.items()}, "missing": missing}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The same model, data, batch and learning rate in Chainer 7.8.1 with ChainerMN on CPU (mpi4py).
+
+    mpiexec -n W .bench/chainer/bin/python benchmarks/workers/chainermn_worker.py --batch 256
+
+ChainerMN's documented CPU set-up: the 'naive' communicator and create_multi_node_optimizer, which
+averages the gradients over the ranks in update().
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import chainer
+import chainer.functions as F
+import chainer.links as L
+import chainermn
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
+
+
+class MLP(chainer.Chain):
+    def __init__(self):
+        super().__init__()
+        with self.init_scope():
+            self.l1 = L.Linear(common.N_IN, common.N_HIDDEN)
+            self.l2 = L.Linear(common.N_HIDDEN, common.N_CLASSES)
+
+    def forward(self, x, y):
+        return F.softmax_cross_entropy(self.l2(F.relu(self.l1(x))), y)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--warmup", type=int, default=30)
+    args = parser.parse_args()
+    comm = chainermn.create_communicator("naive")
+    rank, world = comm.rank, comm.size
+    images, labels = common.load_split("train")
+    labels = labels.astype(np.int32)
+    model = MLP()
+    optimizer = chainermn.create_multi_node_optimizer(
+        chainer.optimizers.MomentumSGD(lr=common.LR, momentum=common.MOMENTUM), comm)
+    optimizer.setup(model)
+    order = np.random.default_rng(1).permutation(len(labels))
+    steps_per_epoch = len(labels) // args.batch
+    position = [0]
+
+    def step():
+        t = position[0] % steps_per_epoch
+        position[0] += 1
+        batch = order[t * args.batch:(t + 1) * args.batch]
+        lo, hi = common.shard(len(batch), rank, world)
+        idx = batch[lo:hi]
+        x = images[idx].astype(np.float32) / np.float32(255)
+        optimizer.update(model, x, labels[idx])   # forward, backward, mean of gradients over ranks, update
+
+    mpi = comm.mpi_comm
+    steps, seconds = common.StepTimer(args.warmup, args.seconds).run(step, lambda n: mpi.bcast(n, root=0), mpi.Barrier)
+    if rank == 0:
+        common.emit({"system": "chainermn", "world": world, "batch": args.batch, "steps": steps,
+                     "samples_per_s": steps * args.batch / seconds, "chainer": chainer.__version__})
+
+
+if __name__ == "__main__":
+    main()

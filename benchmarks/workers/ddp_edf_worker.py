@@ -1,0 +1,97 @@
+"""ddp_edf's real training loop (Trainer.run) on W ranks; rank 0 prints samples/s and the step breakdown.
+
+    [mpiexec -n W] python benchmarks/workers/ddp_edf_worker.py --batch 256 [--seconds 2] [--warmup 30]
+
+The rate is the trainer's own: samples over the wall time of the timed steps, measured by the loop
+that users run (data, forward, backward, Allreduce, optimizer, the per-step stop-signal agreement).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
+
+from ddp_edf.config import load_config  # noqa: E402
+from ddp_edf.dist.comm import make_comm  # noqa: E402
+from ddp_edf.dist.threads import configure_blas_threads  # noqa: E402
+from ddp_edf.trainer import Trainer  # noqa: E402
+
+
+class CapturingReporter:
+    """The Reporter interface, keeping metric records in memory instead of writing files."""
+
+    def __init__(self):
+        self.records = []
+
+    def log(self, message):
+        pass
+
+    def metrics(self, record):
+        self.records.append(record)
+
+    def start_progress(self, total_steps, on_tty=None):
+        pass
+
+    def advance(self, steps=1):
+        pass
+
+    def elapsed(self):
+        return 0.0
+
+    def close(self):
+        pass
+
+
+def dataset_name() -> str:
+    """fashion-mnist when installed, else an IDX copy of common.load_split's random images."""
+    if common.FASHION.is_dir():
+        return "fashion-mnist"
+    folder = common.ROOT / ".bench" / "random-idx"
+    if not (folder / "t10k-labels-idx1-ubyte").exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        for split, prefix in (("train", "train"), ("test", "t10k")):
+            images, labels = common.load_split(split)
+            header = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (len(images), 28, 28))
+            (folder / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.tobytes())
+            header = bytes([0, 0, 8, 1]) + len(labels).to_bytes(4, "big")
+            (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(header + labels.astype("uint8").tobytes())
+    return f"idx:{folder}"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--set", action="append", default=[], help="extra config overrides (levers)")
+    args = parser.parse_args()
+    comm = make_comm("auto")
+    if comm.is_root:
+        name = dataset_name()
+    name = comm.broadcast_obj(name if comm.is_root else None)
+    threads = configure_blas_threads(comm.local_size)
+    config = load_config(None, [f"data.dataset={name}", "data.dev_size=0", "model.kind=mlp",
+                                f"model.hidden=[{common.N_HIDDEN}]", "model.activation=relu", "optim.name=sgd",
+                                f"optim.lr={common.LR}", f"optim.momentum={common.MOMENTUM}",
+                                f"train.global_batch={args.batch}", "train.seed=0", "train.epochs=1000",
+                                "log.every=1000000000", "dist.check_every=0", "checkpoint.every_steps=0",
+                                *args.set])
+    reporter = CapturingReporter()
+    trainer = Trainer(config, comm, reporter)
+    trainer.total_steps = args.warmup
+    trainer.run()
+    warm = reporter.records[-2]  # the last train record (the last record is the test evaluation)
+    steps = comm.broadcast_obj(max(20, int(args.seconds * warm["samples_per_s"] / args.batch)))
+    trainer.total_steps = args.warmup + steps
+    trainer.run()
+    timed = [r for r in reporter.records if r["split"] == "train"][-1]
+    if comm.is_root:
+        common.emit({"system": "ddp_edf", "world": comm.world_size, "batch": args.batch, "steps": steps,
+                     "samples_per_s": timed["samples_per_s"], "threads": threads,
+                     "breakdown_ms": {k[:-3]: timed[k] for k in timed if k.endswith("_ms")}})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""The benchmark scripts run end to end on tiny settings (no timing is asserted: machines are noisy)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def bench(script, *args):
+    result = subprocess.run([sys.executable, f"benchmarks/{script}", *args], capture_output=True, text=True,
+                            cwd=ROOT, timeout=500)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_throughput_and_its_plot(tmp_path):
+    out = bench("throughput.py", "--worlds", "1", "2", "--batches", "64", "--runs", "1", "--seconds", "0.2",
+                "--json", str(tmp_path / "t.json"), "--plot", str(tmp_path / "t.png"))
+    rows = json.loads((tmp_path / "t.json").read_text())["results"]
+    assert {(r["world"], r["threads"]) for r in rows} >= {(1, 1), (2, 1)}
+    assert all(r["rates"][0] > 0 and set(r["phases_ms"]) == {"data", "forward", "backward", "allreduce", "optimizer"}
+               for r in rows)
+    assert "| W | BLAS threads/rank |" in out and (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_runs_the_numpy_systems(tmp_path):
+    out = bench("compare_torch_ddp.py", "--systems", "ddp_edf", "handwritten", "--rounds", "1", "--seconds", "0.2",
+                "--json", str(tmp_path / "c.json"))
+    ratios = json.loads((tmp_path / "c.json").read_text())["ratios"]
+    assert set(ratios) == {"ddp_edf/handwritten@1", "ddp_edf/handwritten@2"} and "| handwritten |" in out
+
+
+def test_roofline(tmp_path):
+    out = bench("roofline.py", "--runs", "1", "--seconds", "0.2", "--json", str(tmp_path / "r.json"))
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["flops_per_sample"] == 2 * (2 * 784 * 256 + 3 * 256 * 10)
+    assert result["probe"]["shared_s"] > 0 and "fraction of" in out
+
+
+def test_time_to_accuracy_without_peers(tmp_path):
+    out = bench("time_to_accuracy.py", "--config", "configs/smoke.toml", "--rounds", "1", "--worlds", "2",
+                "--no-torch", "--json", str(tmp_path / "a.json"))
+    curves = json.loads((tmp_path / "a.json").read_text())["curves"]
+    assert len(curves["ddp_edf@2"][0]) == 2   # smoke: 2 epochs, one point each
+    assert "| ddp_edf | 2 |" in out
