@@ -58,6 +58,29 @@ def shard(n: int, rank: int, world: int):
     return start, start + q + (rank < m)
 
 
+def worker_arguments(description: str = ""):
+    """The options every throughput worker takes: --batch (global), --seconds (timed), --warmup (steps)."""
+    import argparse
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--warmup", type=int, default=30)
+    return parser
+
+
+def shard_indices(n: int, batch: int, rank: int, world: int, seed: int = 1):
+    """Endless global batches of epoch permutations of n examples; yields this rank's contiguous shard."""
+    import numpy as np
+    epoch = 0
+    while True:
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        for t in range(n // batch):
+            indices = order[t * batch:(t + 1) * batch]
+            lo, hi = shard(len(indices), rank, world)
+            yield indices[lo:hi]
+        epoch += 1
+
+
 def emit(record: dict):
     """A worker's result: one JSON line on stdout, tagged so launchers can find it among other output."""
     print("RESULT " + json.dumps(record), flush=True)

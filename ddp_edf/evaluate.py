@@ -17,9 +17,8 @@ from .checkpoint import CheckpointError, check_compatible, latest_checkpoint, lo
 from .config import ConfigError, from_dict, to_dict, validate
 from .data import DataError, load_dataset, prepare_dataset
 from .data.batches import BatchLoader
-from .dist.comm import make_comm
 from .dist.data_parallel import broadcast_params
-from .dist.faults import run_or_abort
+from .dist.faults import launch
 from .dist.threads import configure_blas_threads
 from .models import build_model
 from .trainer import evaluate
@@ -86,12 +85,7 @@ def run(args, comm) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        comm = make_comm(args.dist)
-    except RuntimeError as error:
-        print(f"ddp_edf: error: {error}", file=sys.stderr)
-        return 1
-    return run_or_abort(comm, lambda: run(args, comm), EXPECTED_ERRORS)
+    return launch(args.dist, lambda comm: run(args, comm), EXPECTED_ERRORS)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,8 @@ import numpy as np
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, write_atomically
 from .config import ConfigError, describe_keys, load_config, to_toml
 from .data import DataError
-from .dist.comm import make_comm
 from .dist.data_parallel import OutOfSyncError
-from .dist.faults import Watchdog, run_or_abort
+from .dist.faults import Watchdog, launch
 from .dist.threads import configure_blas_threads
 from .report import Reporter
 from .trainer import Preempted, Trainer, TrainingError
@@ -124,12 +123,7 @@ def run(args, comm) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        comm = make_comm(args.dist)
-    except RuntimeError as error:
-        print(f"ddp_edf: error: {error}", file=sys.stderr)
-        return 1
-    return run_or_abort(comm, lambda: run(args, comm), EXPECTED_ERRORS, COLLECTIVE_ERRORS)
+    return launch(args.dist, lambda comm: run(args, comm), EXPECTED_ERRORS, COLLECTIVE_ERRORS)
 
 
 if __name__ == "__main__":

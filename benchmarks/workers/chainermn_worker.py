@@ -6,7 +6,6 @@ ChainerMN's documented CPU set-up: the 'naive' communicator and create_multi_nod
 averages the gradients over the ranks in update().
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -32,11 +31,7 @@ class MLP(chainer.Chain):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--warmup", type=int, default=30)
-    args = parser.parse_args()
+    args = common.worker_arguments(__doc__).parse_args()
     comm = chainermn.create_communicator("naive")
     rank, world = comm.rank, comm.size
     images, labels = common.load_split("train")
@@ -45,16 +40,10 @@ def main():
     optimizer = chainermn.create_multi_node_optimizer(
         chainer.optimizers.MomentumSGD(lr=common.LR, momentum=common.MOMENTUM), comm)
     optimizer.setup(model)
-    order = np.random.default_rng(1).permutation(len(labels))
-    steps_per_epoch = len(labels) // args.batch
-    position = [0]
+    shards = common.shard_indices(len(labels), args.batch, rank, world)
 
     def step():
-        t = position[0] % steps_per_epoch
-        position[0] += 1
-        batch = order[t * args.batch:(t + 1) * args.batch]
-        lo, hi = common.shard(len(batch), rank, world)
-        idx = batch[lo:hi]
+        idx = next(shards)
         x = images[idx].astype(np.float32) / np.float32(255)
         optimizer.update(model, x, labels[idx])   # forward, backward, mean of gradients over ranks, update
 

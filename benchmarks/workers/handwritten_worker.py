@@ -7,7 +7,6 @@ into one flat buffer for ONE Allreduce, unpacked, and a momentum-SGD update.  St
 temporaries are allocated as expressions need them.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,11 +25,7 @@ world = comm.Get_size() if comm else 1
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--warmup", type=int, default=30)
-    args = parser.parse_args()
+    args = common.worker_arguments(__doc__).parse_args()
     images, labels = common.load_split("train")
     rng = np.random.default_rng(0)
     W1 = (rng.standard_normal((common.N_IN, common.N_HIDDEN)) * np.sqrt(2 / common.N_IN)).astype(np.float32)
@@ -42,16 +37,10 @@ def main():
     if comm:
         for p in params:
             comm.Bcast(p, root=0)
-    order = np.random.default_rng(1).permutation(len(labels))
-    steps_per_epoch = len(labels) // args.batch
-    position = [0]
+    shards = common.shard_indices(len(labels), args.batch, rank, world)
 
     def step():
-        t = position[0] % steps_per_epoch
-        position[0] += 1
-        batch = order[t * args.batch:(t + 1) * args.batch]
-        lo, hi = common.shard(len(batch), rank, world)
-        idx = batch[lo:hi]
+        idx = next(shards)
         x = images[idx].astype(np.float32) / 255.0
         y = labels[idx]
         h_pre = x @ W1 + b1
@@ -62,7 +51,7 @@ def main():
         q /= q.sum(axis=1, keepdims=True)
         g = q
         g[np.arange(len(y)), y] -= 1
-        g /= len(batch)                      # mean over the global batch
+        g /= args.batch                      # mean over the global batch
         dW2 = h.T @ g
         db2 = g.sum(axis=0)
         dh = (g @ W2.T) * (h_pre > 0)

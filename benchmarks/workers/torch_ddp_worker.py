@@ -6,13 +6,10 @@ Written as the PyTorch documentation teaches: nn.Sequential, CrossEntropyLoss, o
 DDP(model) averaging gradients over ranks (each rank holds B / W examples of every global batch).
 """
 
-import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -27,19 +24,6 @@ def build(seed=0):
     return nn.Sequential(nn.Linear(common.N_IN, common.N_HIDDEN), nn.ReLU(), nn.Linear(common.N_HIDDEN, common.N_CLASSES))
 
 
-def batches(images, labels, batch, rank, world, seed=1):
-    """Endless global batches of an epoch permutation; this rank's contiguous shard as float32 tensors."""
-    epoch = 0
-    while True:
-        order = np.random.default_rng([seed, epoch]).permutation(len(labels))
-        for t in range(len(labels) // batch):
-            idx = order[t * batch:(t + 1) * batch]
-            lo, hi = common.shard(len(idx), rank, world)
-            idx = idx[lo:hi]
-            yield torch.from_numpy(images[idx]).float().div_(255.0), torch.from_numpy(labels[idx])
-        epoch += 1
-
-
 def setup(threads):
     torch.set_num_threads(threads)
     dist.init_process_group("gloo")
@@ -47,20 +31,17 @@ def setup(threads):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--warmup", type=int, default=30)
-    args = parser.parse_args()
+    args = common.worker_arguments(__doc__).parse_args()
     rank, world = setup(int(os.environ.get("OMP_NUM_THREADS", "1")))
     images, labels = common.load_split("train")
     model = DistributedDataParallel(build())
     optimizer = torch.optim.SGD(model.parameters(), lr=common.LR, momentum=common.MOMENTUM)
     loss_fn = nn.CrossEntropyLoss()
-    stream = batches(images, labels, args.batch, rank, world)
+    shards = common.shard_indices(len(labels), args.batch, rank, world)
 
     def step():
-        x, y = next(stream)
+        idx = next(shards)
+        x, y = torch.from_numpy(images[idx]).float().div_(255.0), torch.from_numpy(labels[idx])
         optimizer.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()   # DDP averages the gradients over the ranks during backward
         optimizer.step()

@@ -18,6 +18,8 @@ import threading
 import time
 import traceback
 
+from .comm import make_comm
+
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
 
@@ -29,6 +31,18 @@ def print_error(comm, error: BaseException, with_traceback: bool):
         sys.stderr.write("".join(f"{prefix}{line}\n" for line in lines))
     sys.stderr.write(f"{prefix}ddp_edf: error: {error}\n")
     sys.stderr.flush()
+
+
+def launch(kind: str, program, expected_errors=(), collective_errors=()) -> int:
+    """Make the communicator (--dist ``kind``) and return ``program(comm)``'s exit code via run_or_abort.
+
+    A communicator that cannot be made (mpi4py missing, ...) is a one-line error and exit code 1."""
+    try:
+        comm = make_comm(kind)
+    except RuntimeError as error:
+        print(f"ddp_edf: error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    return run_or_abort(comm, lambda: program(comm), expected_errors, collective_errors)
 
 
 def run_or_abort(comm, main, expected_errors=(), collective_errors=()):
