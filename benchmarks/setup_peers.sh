@@ -12,7 +12,11 @@ for system in "${wanted[@]}"; do
   "$python" -m venv "$venv"
   case "$system" in
     torch)
-      "$venv/bin/pip" install -q numpy "torch==2.13.0" ;;
+      # The development machines have the CPU wheel on local disk (pip's find-links).  Elsewhere the
+      # default Linux wheel brings CUDA libraries (GBs): set TORCH_INDEX to PyTorch's CPU-only wheel
+      # index where it is reachable.
+      "$venv/bin/pip" install -q numpy
+      "$venv/bin/pip" install -q "torch==2.13.0" ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} ;;
     chainer)
       # Chainer 7.8.1 predates NumPy 2 and setuptools 70; ChainerMN talks MPI through mpi4py.
       "$venv/bin/pip" install -q 'setuptools<70' wheel 'numpy<2' mpi4py mpich
