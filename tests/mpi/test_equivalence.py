@@ -117,3 +117,18 @@ def test_resume_with_shared_memory_is_bit_for_bit(shared_dir, monkeypatch, tmp_p
                                                          optimizer_arrays(whole).values()))
     agree(comm, resumed.step == whole.step == 51 and same and state_same and resumed.reducer.kind == "shared",
           f"step {resumed.step}, parameters equal {same}, optimizer state equal {state_same}")
+
+
+@pytest.mark.mpi(min_size=3)
+def test_ranks_with_empty_shards_still_agree(shared_dir, monkeypatch, tmp_path):
+    """Global batch 2 < W: some ranks hold no example in a step but still join the one reduction."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    comm = MPIComm()
+    extra = ("train.global_batch=2", "train.max_steps=40", "optim.lr=0.02")
+    parallel = Trainer(config_for(shared_dir, *extra), comm, Reporter(tmp_path, enabled=False))
+    parallel.run()
+    serial = Trainer(config_for(shared_dir, *extra), SerialComm(), Reporter(tmp_path, enabled=False))
+    serial.run()
+    difference = relative_difference(parallel.graph.params, serial.graph.params)
+    agree(comm, parallel.reducer.kind == "shared" and difference <= 1e-5,
+          f"{parallel.reducer.kind}: parameters differ from one process by {difference:.2e}")
