@@ -128,7 +128,10 @@ class Trainer:
         # writes into the reducer's input (shared memory with dist.reduction = shared); the
         # optimizer reads the reducer's total (the same array for a plain Allreduce).
         n = self.graph.num_params
-        self.reducer = make_reducer(comm, n + 2, self.graph.dtype, config.dist.reduction, tail=2)
+        try:
+            self.reducer = make_reducer(comm, n + 2, self.graph.dtype, config.dist.reduction, tail=2)
+        except ValueError as error:  # the same verdict on every rank
+            raise TrainingError(str(error)) from None
         self.graph.grads_with_tail(2, storage=self.reducer.input)
         self.local_flags, self.total_flags = self.reducer.input[n:], self.reducer.tail_total
         if self.reducer.params is not None:  # DDP: one copy of the parameters per host, in shared memory

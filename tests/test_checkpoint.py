@@ -72,6 +72,17 @@ def test_mismatched_checkpoint_is_refused(tiny_data, tmp_path, capsys, change, k
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
 
 
+def test_checkpoint_without_the_optimizer_state_is_refused(tiny_data, tmp_path, capsys):
+    """Saved by plain SGD (no velocity), resumed with momentum: one line naming the missing state."""
+    out = tmp_path / "run"
+    plain = ["--set", "optim.name=sgd", "--set", "optim.momentum=0"]
+    assert train_cli.main(args_for(tiny_data, out, *plain, "--set", "train.max_steps=5")) == 0
+    assert train_cli.main(args_for(tiny_data, out, "--set", "optim.name=sgd", "--set", "optim.momentum=0.9",
+                                   "--resume", "auto")) == 1
+    error = capsys.readouterr().err
+    assert "lacks optimizer state 'velocity'" in error and "Traceback" not in error
+
+
 def small_checkpoint(out, step, value=1.0):
     return save_checkpoint(out, np.full(5, value, np.float32), {}, {"step": step, "layout": [], "config": {}}, keep=10)
 

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..data.sampler import shard_bounds
+
 KINDS = ("auto", "allreduce", "shared")
 
 
@@ -64,12 +66,6 @@ class InPlaceAllreduce:
         pass
 
 
-def _part(n: int, index: int, parts: int) -> slice:
-    q, m = divmod(n, parts)
-    start = index * q + min(index, m)
-    return slice(start, start + q + (index < m))
-
-
 class SharedMemoryAllreduce:
     """Per-host sums in an MPI-3 shared window, then (several hosts) one Allreduce per part across hosts."""
 
@@ -81,7 +77,8 @@ class SharedMemoryAllreduce:
         local_rank, local_size = self.host.Get_rank(), self.host.Get_size()
         hosts = comm.comm.allreduce(1 if local_rank == 0 else 0)
         if comm.world_size != hosts * local_size or len(set(comm.allgather_obj(local_size))) != 1:
-            raise ValueError("dist.reduction = 'shared' needs the same number of ranks on every host")
+            raise ValueError("dist.reduction = 'shared' needs the same number of ranks on every host; "
+                             "set dist.reduction = 'auto' (falls back to Allreduce) or 'allreduce'")
         dtype = np.dtype(dtype)
         rows = local_size + 2  # one slot per local rank, the total, the host's parameters
         nbytes = rows * size * dtype.itemsize if local_rank == 0 else 0
@@ -91,7 +88,7 @@ class SharedMemoryAllreduce:
         self.slots, self.total, self.params = table[:local_size], table[local_size], table[local_size + 1]
         self.input = self.slots[local_rank]
         self.input.fill(0)
-        self.part = _part(size, local_rank, local_size)
+        self.part = slice(*shard_bounds(size, local_rank, local_size))  # contiguous, sizes differ by <= 1
         self.tail = slice(size - tail, size)
         self.tail_total = np.zeros(tail, dtype=dtype)   # private: every rank sums the tail itself
         # Ranks with the same local rank on different hosts: they Allreduce the same part.
