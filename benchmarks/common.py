@@ -116,12 +116,39 @@ def mpiexec_for(python: str) -> str:
     return str(candidate) if candidate.exists() else "mpiexec"
 
 
-def launch_mpi(python: str, script: str, world: int, args, threads: int = 1, timeout: float = 600) -> dict:
+def launch_mpi(python: str, script: str, world: int, args, threads: int = 1, timeout: float = 600,
+               extra_env=None) -> dict:
     """`mpiexec -n W python script args` (W = 1 runs the script directly, no launcher)."""
     command = [python, script, *map(str, args)]
     if world > 1:
         command = [mpiexec_for(python), "-n", str(world), *command]
-    return run_worker(command, threads, timeout)
+    return run_worker(command, threads, timeout, extra_env)
+
+
+def ddp_edf_blas_kernel() -> str | None:
+    """The OPENBLAS_CORETYPE ddp_edf sets for itself on this machine (None: OpenBLAS's own choice).
+
+    ddp_edf/blas.py is loaded by path: importing the package would set the variable in this process,
+    and every worker (peers included) would inherit it."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("ddp_edf_blas", ROOT / "ddp_edf" / "blas.py")
+    blas = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(blas)
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    return blas.preferred_kernel(os.environ, cpuinfo)[0]
+
+
+def blas_kernel() -> str:
+    """What the loaded BLAS reports about itself (in a worker, after NumPy is imported)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown"
+    return " ".join(str(lib.get(k)) for lib in threadpool_info() if lib.get("user_api") == "blas"
+                    for k in ("internal_api", "architecture")) or "unknown"
 
 
 def venv_python(name: str) -> str | None:

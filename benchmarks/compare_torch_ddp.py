@@ -8,6 +8,8 @@ Systems (each skipped, with the reason, when it is not installed):
   torch_ddp    PyTorch DistributedDataParallel, gloo, under torchrun (workers/torch_ddp_worker.py)
   chainermn    Chainer 7.8.1 + ChainerMN ('naive' communicator)     (workers/chainermn_worker.py)
   handwritten  NumPy + mpi4py by hand: GEMM backward, one flat Allreduce (workers/handwritten_worker.py)
+  handwritten_kernel  the same loop on the OpenBLAS kernels ddp_edf picks for this CPU (ddp_edf/blas.py),
+               listed only when that choice differs from OpenBLAS's own: it shows what the choice is worth
 One BLAS thread per rank.  Each round runs every system once per world size, in a rotating order, so
 machine drift spreads over all of them; ratios ddp_edf / other are taken within a round, then the median.
 """
@@ -48,6 +50,11 @@ def available_systems():
     else:
         missing["chainermn"] = "not installed: benchmarks/setup_peers.sh chainer"
     systems["handwritten"] = mpi_system(main, "handwritten_worker.py")
+    kernel = common.ddp_edf_blas_kernel()
+    if kernel:
+        systems["handwritten_kernel"] = lambda world, batch, seconds: common.launch_mpi(
+            main, str(WORKERS / "handwritten_worker.py"), world, ["--batch", batch, "--seconds", seconds],
+            extra_env={"OPENBLAS_CORETYPE": kernel})
     return systems, missing
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import BLAS_KERNEL_NOTE
+from .blas import loaded_kernel
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, write_atomically
 from .config import ConfigError, describe_keys, load_config, to_toml
 from .data import DataError
@@ -97,7 +99,7 @@ def run(args, comm) -> int:
     config.train.seed = trainer.seed  # the resolved config records the seed actually used
     if comm.is_root:
         (Path(out) / "config.toml").write_text(to_toml(config))
-    reporter.log(f"out: {out}; {threads_note}")
+    reporter.log(f"out: {out}; {threads_note}; BLAS: {loaded_kernel()} kernels ({BLAS_KERNEL_NOTE})")
     reporter.start_progress(trainer.total_steps)
     watchdog = Watchdog(comm, config.dist.timeout_s).start()
     trainer.on_step = watchdog.kick

@@ -42,6 +42,14 @@ def test_roofline(tmp_path):
     assert result["probe"]["shared_s"] > 0 and "fraction of" in out
 
 
+def test_blas_kernels(tmp_path):
+    out = bench("blas_kernels.py", "--rows", "32", "--rounds", "2", "--repeats", "5", "--kernels", "Haswell",
+                "NoSuchCore", "--json", str(tmp_path / "k.json"))
+    result = json.loads((tmp_path / "k.json").read_text())
+    assert len(result["seconds"]["native@32"]) == 2 and result["speed_vs_native"]["native@32"] == [1.0, 1.0]
+    assert "| native |" in out and "ddp_edf's choice on this machine" in out
+
+
 def test_time_to_accuracy_without_peers(tmp_path):
     out = bench("time_to_accuracy.py", "--config", "configs/smoke.toml", "--rounds", "1", "--worlds", "2",
                 "--no-torch", "--json", str(tmp_path / "a.json"))

@@ -89,7 +89,7 @@ def main():
     timed = [r for r in reporter.records if r["split"] == "train"][-1]
     if comm.is_root:
         common.emit({"system": "ddp_edf", "world": comm.world_size, "batch": args.batch, "steps": steps,
-                     "samples_per_s": timed["samples_per_s"], "threads": threads,
+                     "samples_per_s": timed["samples_per_s"], "threads": threads, "blas": common.blas_kernel(),
                      "breakdown_ms": {k[:-3]: timed[k] for k in timed if k.endswith("_ms")}})
 
 

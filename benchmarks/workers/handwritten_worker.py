@@ -75,7 +75,7 @@ def main():
     steps, seconds = timer.run(step, agree, barrier)
     if rank == 0:
         common.emit({"system": "handwritten", "world": world, "batch": args.batch, "steps": steps,
-                     "samples_per_s": steps * args.batch / seconds})
+                     "samples_per_s": steps * args.batch / seconds, "blas": common.blas_kernel()})
 
 
 if __name__ == "__main__":
