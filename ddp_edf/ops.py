@@ -17,8 +17,8 @@ import numpy as np
 from .graph import CompNode, Node
 
 
-def _out_dtype(*arrays):
-    return np.result_type(*[a.dtype for a in arrays])
+def _out_dtype(a, b):
+    return a.dtype if a.dtype == b.dtype else np.promote_types(a.dtype, b.dtype)
 
 
 def _check_labels(op: CompNode, scores: np.ndarray, labels: np.ndarray):
@@ -26,7 +26,7 @@ def _check_labels(op: CompNode, scores: np.ndarray, labels: np.ndarray):
         raise op.shape_error(f"scores must be (B, K), got {scores.shape}")
     if labels.ndim != 1 or labels.shape[0] != scores.shape[0]:
         raise op.shape_error(f"labels must be (B,) = ({scores.shape[0]},), got {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
+    if labels.dtype.kind not in "iu":  # signed or unsigned integers
         raise op.shape_error(f"labels must be integers, got dtype {labels.dtype}")
     if labels.size and (labels.min() < 0 or labels.max() >= scores.shape[1]):
         raise op.shape_error(
@@ -63,7 +63,8 @@ class Affine(CompNode):
 
 
 class Relu(CompNode):
-    """y = max(x, 0) elementwise."""
+    """y = max(x, 0) elementwise, computed as x [x > 0]: the same for every finite x, and a NaN or
+    -inf in x (an overflowed pre-activation) gives NaN, so it surfaces as a non-finite loss."""
 
     def __init__(self, x: Node, name: str = ""):
         super().__init__(x, name=name)
@@ -71,14 +72,14 @@ class Relu(CompNode):
 
     def forward(self):
         x = self.x.value
-        self.value = self.buffer("value", x.shape, x.dtype)
-        # y[b,j] = max(x[b,j], 0)
-        np.maximum(x, 0, out=self.value)
+        # mask[b,j] = [x[b,j] > 0], kept for backward;  y[b,j] = max(x[b,j], 0) = x[b,j] mask[b,j]
+        # (a float mask and a multiply cost less than np.maximum, and backward reuses the mask)
+        self.mask = np.greater(x, 0, out=self.buffer("mask", x.shape, x.dtype))
+        self.value = np.multiply(x, self.mask, out=self.buffer("value", x.shape, x.dtype))
 
     def backward(self):
         # x.grad[b,j] += y.grad[b,j] [x[b,j] > 0]
-        mask = np.greater(self.x.value, 0, out=self.buffer("mask", self.value.shape, bool))
-        self.x.addgrad_product(self.grad, mask)  # one multiply by the mask, in place on first use
+        self.x.addgrad_product(self.grad, self.mask)  # one multiply by the mask, in place on first use
 
 
 class Sigmoid(CompNode):
@@ -205,12 +206,12 @@ class SoftmaxCrossEntropy(CompNode):
         _check_labels(self, s, y)
         rows = np.arange(s.shape[0])
         # z[b,k] = s[b,k] - max_k' s[b,k'];   log Z[b] - s[b,y[b]] = log sum_k exp(z[b,k]) - z[b,y[b]]
-        z = s - s.max(axis=1, keepdims=True)
-        exp_z = np.exp(z)
-        sum_exp = exp_z.sum(axis=1)
-        self.value = np.log(sum_exp) - z[rows, y]
-        # Q[b,k] = exp(z[b,k]) / sum_k' exp(z[b,k']), kept for backward
-        self.Q = exp_z / sum_exp[:, None]
+        z = np.subtract(s, s.max(axis=1, keepdims=True), out=self.buffer("z", s.shape, s.dtype))
+        exp_z = np.exp(z, out=self.buffer("Q", s.shape, s.dtype))
+        sum_exp = exp_z.sum(axis=1, keepdims=True)
+        self.value = np.log(sum_exp[:, 0]) - z[rows, y]
+        # Q[b,k] = exp(z[b,k]) / sum_k' exp(z[b,k']), kept for backward (in exp_z's buffer)
+        self.Q = np.divide(exp_z, sum_exp, out=exp_z)
         self.rows = rows
 
     def backward(self):

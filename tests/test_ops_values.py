@@ -102,6 +102,17 @@ def test_relu_and_tanh_values():
     np.testing.assert_allclose(run(Tanh(Input("x", x))), np.tanh(x))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_equals_max_for_finite_inputs_and_does_not_hide_overflow(dtype):
+    x = (np.random.default_rng(0).standard_normal((64, 33)) * 10.0 ** np.arange(-30, 36, 2)).astype(dtype)
+    x[0, :3] = [np.finfo(dtype).max, -np.finfo(dtype).max, np.finfo(dtype).tiny]
+    np.testing.assert_array_equal(run(Relu(Input("x", x))), np.maximum(x, 0))
+    special = np.array([[np.nan, -np.inf, np.inf, -1.0]], dtype)
+    with np.errstate(invalid="ignore"):   # -inf * 0
+        y = run(Relu(Input("x", special)))
+    assert np.isnan(y[0, 0]) and np.isnan(y[0, 1]) and y[0, 2] == np.inf and y[0, 3] == 0
+
+
 def test_affine_shape_mismatch_names_op_inputs_and_shapes():
     y = Affine(Input("x", np.ones((2, 5))), Parameter("fc0.W", np.ones((4, 3))), Parameter("fc0.b", np.zeros(3)),
                name="fc0")

@@ -26,7 +26,8 @@ class BatchLoader:
         """(x (n, I) float32 in [0, 1], y (n,) int64) for the examples ``indices`` of ``split``."""
         pixels, x = self._buffers(len(indices))
         np.take(split.images, indices, axis=0, out=pixels)
-        np.multiply(pixels, SCALE, out=x)
+        np.copyto(x, pixels)    # uint8 -> float32, then scale in place: faster than one mixed-type multiply
+        x *= SCALE
         return x, split.labels[indices]
 
     def load_range(self, split, start: int, stop: int):
