@@ -1,7 +1,7 @@
 """ddp_edf against the systems a user would pick instead, same model, data, batch, lr and machine.
 
     benchmarks/setup_peers.sh                      # once: .bench/torch and .bench/chainer
-    .venv/bin/python benchmarks/compare_torch_ddp.py [--worlds 1 2] [--batch 256] [--rounds 5]
+    .venv/bin/python benchmarks/compare_torch_ddp.py [--worlds 1 2] [--batch 256] [--rounds 7]
 
 Systems (each skipped, with the reason, when it is not installed):
   ddp_edf      python -m ddp_edf's Trainer.run under mpiexec        (benchmarks/workers/ddp_edf_worker.py)
@@ -62,7 +62,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per run (after warm-up)")
     parser.add_argument("--systems", nargs="+", help="a subset of the systems")
     parser.add_argument("--json", default=str(common.BENCH / "results" / "compare.json"))
