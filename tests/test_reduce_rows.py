@@ -1,0 +1,19 @@
+"""The shared-memory reduction's row sum: the order of additions, hence the exact float32 result."""
+
+import numpy as np
+import pytest
+
+from ddp_edf.dist.reduce import sum_rows
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 5])
+def test_sum_rows_adds_in_row_order(rows):
+    values = (np.random.default_rng(rows).standard_normal((rows, 1001)) * 1e3).astype(np.float32)
+    out = np.full(1001, np.nan, np.float32)
+    sum_rows(values, out=out)
+    expected = values[0].copy()
+    for row in values[1:]:
+        expected += row                       # ((r0 + r1) + r2) + ...: the order fixes the rounding
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(out, np.sum(values, axis=0))   # what the reduction used before
+    np.testing.assert_allclose(out, values.astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-2)
