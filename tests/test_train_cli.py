@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ddp_edf import train as train_cli
+from ddp_edf.blas import preferred_kernel
 from idx_files import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,6 +116,12 @@ def test_runs_without_mpi4py(tiny_data, tmp_path):
                             capture_output=True, text=True, cwd=ROOT, env=env)
     assert result.returncode == 0, result.stderr
     assert "ranks: 1 (serial," in result.stdout
+    # the log names the BLAS kernels loaded: ddp_edf's choice for this CPU, if it makes one
+    blas_line = next(line for line in result.stdout.splitlines() if "BLAS: " in line)
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    wanted = preferred_kernel({k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS", "DDP_EDF"))},
+                              cpuinfo)[0]
+    assert wanted is None or f" {wanted} kernels" in blas_line, blas_line
     forced = subprocess.run([sys.executable, "-m", "ddp_edf.train", "--dist", "mpi"], capture_output=True,
                             text=True, cwd=ROOT, env=env)
     assert forced.returncode == 1 and "mpi4py cannot be imported" in forced.stderr
