@@ -72,7 +72,7 @@ def choose_openblas_kernel(environ=os.environ, modules=sys.modules, cpuinfo_path
 
 
 def loaded_kernel() -> str:
-    """The kernel family the loaded BLAS reports (after NumPy is imported), e.g. 'OpenBLAS Haswell'."""
+    """What the loaded BLAS reports about itself (after NumPy is imported), e.g. 'openblas 0.3.31 Haswell'."""
     try:
         from threadpoolctl import threadpool_info
     except ImportError:
