@@ -12,6 +12,10 @@ Systems (each skipped, with the reason, when it is not installed):
                listed only when that choice differs from OpenBLAS's own: it shows what the choice is worth
 One BLAS thread per rank.  Each round runs every system once per world size, in a rotating order, so
 machine drift spreads over all of them; ratios ddp_edf / other are taken within a round, then the median.
+Before each multi-rank run, workers/state_probe.py times an MPI Allreduce of the gradient: an
+indicator of the machine's state independent of the systems timed.  The ratios of the rounds in
+which both systems' runs began in the normal state (probe < 1.5x the fastest probe of the whole
+benchmark) are also listed separately: like compared with like.
 """
 
 import argparse
@@ -73,6 +77,7 @@ def main():
     for name, why in missing.items():
         print(f"skipping {name}: {why}")
     rates = {(name, w): [] for name in systems for w in args.worlds}
+    probes = {(name, w): [] for name in systems for w in args.worlds if w > 1}   # before each run, per round
     ratios = {(name, w): [] for name in systems if name != "ddp_edf" for w in args.worlds}
     names = list(systems)
     for round_index in range(args.rounds):
@@ -80,11 +85,16 @@ def main():
         for world in args.worlds:
             this_round = {}
             for name in order:
+                probe = ""
+                if world > 1:
+                    probes[(name, world)].append(common.launch_mpi(
+                        sys.executable, str(WORKERS / "state_probe.py"), world, [])["allreduce_ms"])
+                    probe = f"  (Allreduce probe {probes[(name, world)][-1]:.2f} ms)"
                 result = systems[name](world, args.batch, args.seconds)
                 this_round[name] = result["samples_per_s"]
                 rates[(name, world)].append(result["samples_per_s"])
-                print(f"round {round_index + 1} W={world} {name:12s} {result['samples_per_s']:>10,.0f} samples/s",
-                      flush=True)
+                print(f"round {round_index + 1} W={world} {name:12s} {result['samples_per_s']:>10,.0f} samples/s"
+                      f"{probe}", flush=True)
             for name in this_round:
                 if name != "ddp_edf" and "ddp_edf" in this_round:
                     ratios[(name, world)].append(this_round["ddp_edf"] / this_round[name])
@@ -98,6 +108,17 @@ def main():
         cells = [common.fmt_rate(rates[(name, w)]) for w in args.worlds]
         cells += ["-" if name == "ddp_edf" else f"{statistics.median(ratios[(name, w)]):.2f}x" for w in args.worlds]
         print(f"| {name} | " + " | ".join(cells) + " |")
+    for world in sorted({w for (_, w) in probes}):
+        fastest = min(min(v) for (n, w), v in probes.items() if w == world and v)
+        normal = {n: [p < 1.5 * fastest for p in v] for (n, w), v in probes.items() if w == world}
+        print(f"\nW={world}, rounds in which both runs began in the normal state (Allreduce probe < 1.5 x "
+              f"{fastest:.2f} ms):")
+        for name in names:
+            if name != "ddp_edf" and ratios.get((name, world)) and "ddp_edf" in normal:
+                kept = sorted(r for r, a, b in zip(ratios[(name, world)], normal["ddp_edf"], normal[name]) if a and b)
+                summary = f"median {statistics.median(kept):.2f}x ({' '.join(f'{r:.2f}' for r in kept)})" if kept \
+                    else "none"
+                print(f"  ddp_edf / {name}: {len(kept)} of {len(normal[name])} rounds, {summary}")
     if "ddp_edf" in systems and len(args.worlds) > 1:
         w0, w1 = args.worlds[0], args.worlds[1]
         print(f"\nddp_edf scaling W={w1} / W={w0}: "
@@ -106,7 +127,8 @@ def main():
     Path(args.json).write_text(json.dumps({
         "machine": common.machine_summary(), "data": common.data_source(), "batch": args.batch,
         "rates": {f"{n}@{w}": v for (n, w), v in rates.items()},
-        "ratios": {f"ddp_edf/{n}@{w}": v for (n, w), v in ratios.items()}, "missing": missing}, indent=1))
+        "ratios": {f"ddp_edf/{n}@{w}": v for (n, w), v in ratios.items()},
+        "probes_allreduce_ms": {f"{n}@{w}": v for (n, w), v in probes.items()}, "missing": missing}, indent=1))
 
 
 if __name__ == "__main__":

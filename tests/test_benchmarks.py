@@ -31,8 +31,12 @@ def test_throughput_and_its_plot(tmp_path):
 def test_compare_runs_the_numpy_systems(tmp_path):
     out = bench("compare_torch_ddp.py", "--systems", "ddp_edf", "handwritten", "--rounds", "1", "--seconds", "0.2",
                 "--json", str(tmp_path / "c.json"))
-    ratios = json.loads((tmp_path / "c.json").read_text())["ratios"]
-    assert set(ratios) == {"ddp_edf/handwritten@1", "ddp_edf/handwritten@2"} and "| handwritten |" in out
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert set(result["ratios"]) == {"ddp_edf/handwritten@1", "ddp_edf/handwritten@2"} and "| handwritten |" in out
+    # one round: a state probe before each multi-rank run
+    probes = result["probes_allreduce_ms"]
+    assert set(probes) == {"ddp_edf@2", "handwritten@2"} and all(len(v) == 1 and v[0] > 0 for v in probes.values())
+    assert "both runs began in the normal state" in out and "ddp_edf / handwritten: " in out
 
 
 def test_roofline(tmp_path):
