@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 N_IN, N_HIDDEN, N_CLASSES = 784, 256, 10
+# What ddp_edf sums over ranks each step: the parameters plus its 2 flag slots (814 KB in float32)
+GRADIENT = N_IN * N_HIDDEN + N_HIDDEN + N_HIDDEN * N_CLASSES + N_CLASSES + 2
 LR, MOMENTUM = 0.05, 0.9
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,30 +127,29 @@ def launch_mpi(python: str, script: str, world: int, args, threads: int = 1, tim
     return run_worker(command, threads, timeout, extra_env)
 
 
-def ddp_edf_blas_kernel() -> str | None:
-    """The OPENBLAS_CORETYPE ddp_edf sets for itself on this machine (None: OpenBLAS's own choice).
-
-    ddp_edf/blas.py is loaded by path: importing the package would set the variable in this process,
-    and every worker (peers included) would inherit it."""
+def _ddp_edf_blas():
+    """ddp_edf/blas.py loaded by path: it imports neither NumPy nor the ddp_edf package (importing the
+    package would set OPENBLAS_CORETYPE in this process, and every worker, peers included, would
+    inherit it)."""
     import importlib.util
     spec = importlib.util.spec_from_file_location("ddp_edf_blas", ROOT / "ddp_edf" / "blas.py")
     blas = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(blas)
+    return blas
+
+
+def ddp_edf_blas_kernel() -> str | None:
+    """The OPENBLAS_CORETYPE ddp_edf sets for itself on this machine (None: OpenBLAS's own choice)."""
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
         cpuinfo = ""
-    return blas.preferred_kernel(os.environ, cpuinfo)[0]
+    return _ddp_edf_blas().preferred_kernel(os.environ, cpuinfo)[0]
 
 
 def blas_kernel() -> str:
     """What the loaded BLAS reports about itself (in a worker, after NumPy is imported)."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return "unknown"
-    return " ".join(str(lib.get(k)) for lib in threadpool_info() if lib.get("user_api") == "blas"
-                    for k in ("internal_api", "architecture")) or "unknown"
+    return _ddp_edf_blas().loaded_kernel()
 
 
 def venv_python(name: str) -> str | None:

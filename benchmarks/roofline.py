@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 I, J, K = common.N_IN, common.N_HIDDEN, common.N_CLASSES
-GRADIENT = I * J + J + J * K + K + 2          # parameters + the 2 flag slots ddp_edf reduces with them
 
 
 def flops_per_sample() -> int:
@@ -82,10 +81,10 @@ def mpi_probe(rows: int):
                 call()
             values.append((time.perf_counter() - start) / repeats)
         return statistics.median(values)
-    small, big = np.zeros(2, np.float32), np.zeros(GRADIENT, np.float32)
+    small, big = np.zeros(2, np.float32), np.zeros(common.GRADIENT, np.float32)
     latency = timed(lambda: comm.Allreduce(MPI.IN_PLACE, small, op=MPI.SUM))
     allreduce = timed(lambda: comm.Allreduce(MPI.IN_PLACE, big, op=MPI.SUM))
-    shared = SharedMemoryAllreduce(MPIComm(), GRADIENT, np.float32)
+    shared = SharedMemoryAllreduce(MPIComm(), common.GRADIENT, np.float32)
     shared_time = timed(shared.reduce)
     shared.close()
     if comm.Get_rank() == 0:
@@ -132,8 +131,8 @@ def main():
           f"{together:,.0f} samples/s")
     print(f"bound = {args.world} x one core alone:                   {args.world * alone:,.0f} samples/s")
     print(f"Allreduce latency (8 B), {args.world} ranks:                {probe['latency_s'] * 1e6:.1f} us")
-    print(f"Allreduce of the gradient ({GRADIENT * 4 / 1e3:.0f} KB):          {probe['allreduce_s'] * 1e3:.3f} ms "
-          f"({GRADIENT * 4 / probe['allreduce_s'] / 1e9:.2f} GB/s)")
+    print(f"Allreduce of the gradient ({common.GRADIENT * 4 / 1e3:.0f} KB):          {probe['allreduce_s'] * 1e3:.3f} ms "
+          f"({common.GRADIENT * 4 / probe['allreduce_s'] / 1e9:.2f} GB/s)")
     print(f"shared-memory reduction of the same buffer:     {probe['shared_s'] * 1e3:.3f} ms")
     print(f"ddp_edf, median [min-max] of {args.runs} runs:            {common.fmt_rate(measured)} samples/s")
     print(f"fraction of {args.world} x one core alone:                {rate / (args.world * alone):.1%}")

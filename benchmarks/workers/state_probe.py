@@ -18,12 +18,10 @@ from mpi4py import MPI
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 
-GRADIENT = common.N_IN * common.N_HIDDEN + common.N_HIDDEN + common.N_HIDDEN * common.N_CLASSES + common.N_CLASSES + 2
-
 
 def main():
     comm = MPI.COMM_WORLD
-    buffer = np.zeros(GRADIENT, np.float32)
+    buffer = np.zeros(common.GRADIENT, np.float32)
     for _ in range(20):
         comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
     times = []
