@@ -130,6 +130,14 @@ class CompNode(Node):
             self._buffers[key] = array
         return array
 
+    def ones(self, n: int, dtype) -> np.ndarray:
+        """A vector of n ones owned by this node (sums over an axis are GEMVs with it)."""
+        array = self._buffers.get("ones")
+        if array is None or array.shape != (n,) or array.dtype != dtype:
+            array = np.ones(n, dtype=dtype)
+            self._buffers["ones"] = array
+        return array
+
     def shape_error(self, message: str) -> ShapeError:
         shapes = ", ".join(f"{node.describe()}" for node in self.inputs)
         return ShapeError(f"{self.describe_op()}: {message} (inputs: {shapes})")

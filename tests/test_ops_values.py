@@ -81,6 +81,42 @@ def test_softmax_cross_entropy_finite_for_huge_logits():
     np.testing.assert_allclose(s.grad, [[1, -1, 0], [0, 0, 0], [1 / 3, 1 / 3, -2 / 3]], atol=1e-6)
 
 
+@pytest.mark.parametrize("low", [-59.0, -300.0, -3e4])
+def test_softmax_cross_entropy_float32_matches_float64_for_rows_far_apart(low):
+    """Rows whose scores lie far apart in one batch: float32 loss and gradient agree with a float64
+    log-sum-exp for every row (no shift shared across the batch may push a row into underflow)."""
+    s = np.array([[3.0, -1.0, 0.5, 2.0], [low, low - 0.5, low + 0.25, low - 1.0], [0.0, 0.0, 0.0, 0.0]])
+    y = np.array([1, 2, 3])
+    z = s - s.max(axis=1, keepdims=True)
+    log_z = np.log(np.exp(z).sum(axis=1))
+    expected_loss = log_z - z[np.arange(3), y]
+    expected_grad = np.exp(z - log_z[:, None]) - np.eye(4)[y]
+    scores = Input("s", s.astype(np.float32), requires_grad=True)
+    loss = SoftmaxCrossEntropy(scores, Input("y", y))
+    graph = Graph([loss], dtype=np.float32)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        graph.forward()
+        graph.backward(loss, 1.0)
+    np.testing.assert_allclose(loss.value, expected_loss, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(scores.grad, expected_grad, atol=1e-6)
+
+
+def test_softmax_cross_entropy_per_example_loss_does_not_depend_on_the_batch():
+    """Bit for bit: what sharded evaluation (any batch size, any number of ranks) relies on."""
+    rng = np.random.default_rng(5)
+    s = (rng.standard_normal((300, 10)) * 8).astype(np.float32)
+    y = rng.integers(0, 10, 300)
+    whole = run(SoftmaxCrossEntropy(Input("s", s), Input("y", y)))
+    for size in (1, 7, 64, 128):
+        op = SoftmaxCrossEntropy(Input("s"), Input("y"))
+        parts = []
+        for lo in range(0, 300, size):
+            op.s.value, op.y.value = s[lo:lo + size], y[lo:lo + size]
+            op.forward()
+            parts.append(op.value.copy())
+        np.testing.assert_array_equal(np.concatenate(parts), whole)
+
+
 def test_error_rate_counts_wrong_argmax():
     s = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
     err = run(ErrorRate(Input("s", s), Input("y", np.array([1, 1, 0]))))
