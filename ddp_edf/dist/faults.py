@@ -69,6 +69,8 @@ def run_or_abort(comm, main, expected_errors=(), collective_errors=()):
                 time.sleep(2.0)  # rank 0 reports it and aborts the job; give it time to be heard
             else:
                 print_error(comm, error, with_traceback=not isinstance(error, expected_errors))
+                if comm.world_size > 1:
+                    time.sleep(0.5)  # let the launcher forward the message before Abort tears the job down
     if comm.world_size > 1:
         comm.abort(code)
     return code
