@@ -83,6 +83,7 @@ class DistConfig:
     timeout_s: float = 300.0      # watchdog: abort when no step completes for this long (0 = off)
     nonfinite: str = "stop"       # non-finite loss: stop | skip (the step, on every rank)
     reduction: str = "auto"       # gradient sum: allreduce | shared (MPI-3 shared memory per host) | auto
+    ring_mb: int = 64             # shared: rotate through buffer sets of at least this many MiB (0 = in place)
 
 
 @dataclass
@@ -133,6 +134,7 @@ RANGES = {
     "train.micro_batches": (lambda v: v >= 1, ">= 1"),
     "eval.every": (lambda v: v >= 0, ">= 0 (0 = every epoch)"),
     "eval.batch": (lambda v: v >= 1, ">= 1"),
+    "dist.ring_mb": (lambda v: v >= 0, ">= 0 (0 = update in place)"),
     "log.every": (lambda v: v >= 1, ">= 1"),
     "dist.check_every": (lambda v: v >= 0, ">= 0"),
     "dist.timeout_s": (lambda v: v >= 0, ">= 0 (0 = off)"),

@@ -217,11 +217,20 @@ class Graph:
             storage = np.zeros(n + extra, dtype=self.dtype)
         if storage.shape != (n + extra,) or storage.dtype != self.dtype:
             raise ValueError(f"gradient storage must be a flat {self.dtype} array of {n + extra} elements")
-        storage[:n] = self.grads
-        self.grads = storage[:n]
-        for p, start, stop in zip(self.parameters, self.offsets[:-1], self.offsets[1:]):
-            p.grad = self.grads[start:stop].reshape(p.value.shape)
+        self.grads_into(storage[:n])
         return storage
+
+    def grads_into(self, storage: np.ndarray, copy_values: bool = True):
+        """Keep the gradients in ``storage`` (num_params elements) from now on: ``grads`` and every
+        ``p.grad`` become views of it.  ``copy_values=False`` leaves storage as it is (backward
+        overwrites it anyway).  Build optimizers on the reducer's total, not on these views."""
+        if storage.shape != self.grads.shape or storage.dtype != self.dtype:
+            raise ValueError(f"gradient storage must be a flat {self.dtype} array of {self.grads.size} elements")
+        if copy_values:
+            storage[...] = self.grads
+        self.grads = storage
+        for p, start, stop in zip(self.parameters, self.offsets[:-1], self.offsets[1:]):
+            p.grad = storage[start:stop].reshape(p.value.shape)
 
     def params_into(self, storage: np.ndarray, copy_values: bool = True):
         """Keep the parameters in ``storage`` (a flat array of num_params elements, e.g. memory shared

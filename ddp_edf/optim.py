@@ -24,6 +24,7 @@ class Optimizer:
         if params.shape != grads.shape or params.dtype != grads.dtype:
             raise ValueError("params and grads must be flat arrays of the same shape and dtype")
         self.params, self.grads = params, grads
+        self.out = params           # where the updated Phi goes: params itself (in place) by default
         self.weight_decay = weight_decay
         self.steps_taken = 0
         self._scratch = np.empty_like(params)
@@ -40,6 +41,13 @@ class Optimizer:
 
     def step(self, lr: float):
         raise NotImplementedError
+
+    def retarget(self, params: np.ndarray, out: np.ndarray):
+        """Read Phi from ``params`` and write the updated Phi to ``out`` from now on (a ring of
+        parameter copies moves both every step; the state stays)."""
+        if params.shape != self.grads.shape or out.shape != self.grads.shape:
+            raise ValueError("params and out must have the shape of grads")
+        self.params, self.out = params, out
 
     # Optimizer state for checkpoints: named flat arrays plus the step counter.
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -99,7 +107,7 @@ class SGD(Optimizer):
             else:
                 d = v                           # d = v
         np.multiply(d, lr, out=scratch)
-        self.params -= scratch                  # Phi <- Phi - eta d
+        np.subtract(self.params, scratch, out=self.out)   # Phi <- Phi - eta d
         self.steps_taken += 1
 
 
@@ -139,7 +147,7 @@ class Adam(Optimizer):
         update = g
         np.divide(self.m, denominator, out=update)
         update *= lr / (1 - self.beta1 ** t)    # eta m_hat / (sqrt(v_hat) + eps)
-        self.params -= update
+        np.subtract(self.params, update, out=self.out)
         self.steps_taken = t
 
 

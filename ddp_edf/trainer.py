@@ -129,17 +129,19 @@ class Trainer:
         # optimizer reads the reducer's total (the same array for a plain Allreduce).
         n = self.graph.num_params
         try:
-            self.reducer = make_reducer(comm, n + 2, self.graph.dtype, config.dist.reduction, tail=2)
+            self.reducer = make_reducer(comm, n + 2, self.graph.dtype, config.dist.reduction, tail=2,
+                                        ring_bytes=config.dist.ring_mb << 20)
         except ValueError as error:  # the same verdict on every rank
             raise TrainingError(str(error)) from None
         self.graph.grads_with_tail(2, storage=self.reducer.input)
-        self.local_flags, self.total_flags = self.reducer.input[n:], self.reducer.tail_total
+        self.total_flags = self.reducer.tail_total
         if self.reducer.params is not None:  # DDP: one copy of the parameters per host, in shared memory
             self.graph.params_into(self.reducer.params[:n], copy_values=comm.local_rank == 0)
             self.reducer.finish_update()
         # DDP: each rank updates its part of the parameters (all of them, except with shared memory)
         self.part = self.reducer.update_part(n)
         self.optimizer = build_optimizer(config.optim, self.graph.params[self.part], self.reducer.total[self.part])
+        self._use_step_buffers()
         self.loader = BatchLoader(self.dataset.num_features)
         self.segments = [(p.name, int(a), int(b)) for p, a, b in
                          zip(self.graph.parameters, self.graph.offsets[:-1], self.graph.offsets[1:])]
@@ -167,6 +169,17 @@ class Trainer:
         return self.comm.broadcast_obj(seed)  # DDP: rank 0 owns the seed
 
     # -- one step ------------------------------------------------------------------------------
+
+    def _use_step_buffers(self):
+        """Point gradients, flags, parameters and the optimizer at the reducer's buffers for this step
+        (they move every step when the reducer rotates through a ring of them)."""
+        n, reducer = self.graph.num_params, self.reducer
+        self.local_flags = reducer.input[n:]
+        if reducer.depth > 1:
+            self.graph.grads_into(reducer.input[:n], copy_values=False)
+            self.graph.params_into(reducer.params[:n], copy_values=False)
+        if reducer.next_params is not None:  # DDP: the update reads this copy and writes the next one
+            self.optimizer.retarget(reducer.params[self.part], reducer.next_params[self.part])
 
     def train_step(self, batch_indices: np.ndarray, times: StepTimes, totals: Totals) -> bool:
         """Forward, backward, Allreduce, update on this rank's shard.  False if the step was skipped."""
@@ -202,7 +215,12 @@ class Trainer:
         self.stop_agreed = bool(self.total_flags[1] > 0)
         if finite:
             self.optimizer.step(self._lr())
+        elif self.optimizer.out is not self.optimizer.params:  # skipped: the next copy keeps Phi as it is
+            np.copyto(self.optimizer.out, self.optimizer.params)
         self.reducer.finish_update()  # DDP: with shared parameters, wait until every part is updated
+        if self.reducer.depth > 1:
+            self.reducer.rotate()     # DDP: next step reads the updated copy, writes the next slot set
+            self._use_step_buffers()
         t6 = time.perf_counter()
         times.seconds["allreduce"] += t5 - t4
         times.seconds["optimizer"] += t6 - t5

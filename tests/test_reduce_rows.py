@@ -17,3 +17,12 @@ def test_sum_rows_adds_in_row_order(rows):
     np.testing.assert_array_equal(out, expected)
     np.testing.assert_array_equal(out, np.sum(values, axis=0))   # what the reduction used before
     np.testing.assert_allclose(out, values.astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-2)
+
+
+def test_ring_depth_covers_the_ring_and_is_capped():
+    from ddp_edf.dist.reduce import MAX_RING_DEPTH, ring_depth
+    assert ring_depth(0, 1000) == 1                      # 0 = in place
+    assert ring_depth(64 << 20, 3 * 814_128) == 28       # the MNIST MLP on 2 ranks: 28 sets >= 64 MiB
+    assert ring_depth(64 << 20, 100 << 20) == 1          # a set larger than the ring: in place
+    assert ring_depth(64 << 20, 1000) == MAX_RING_DEPTH  # tiny models: capped
+    assert ring_depth(3000, 1000) == 3 and ring_depth(3001, 1000) == 4

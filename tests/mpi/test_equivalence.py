@@ -132,3 +132,28 @@ def test_ranks_with_empty_shards_still_agree(shared_dir, monkeypatch, tmp_path):
     difference = relative_difference(parallel.graph.params, serial.graph.params)
     agree(comm, parallel.reducer.kind == "shared" and difference <= 1e-5,
           f"{parallel.reducer.kind}: parameters differ from one process by {difference:.2e}")
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("extra", [("optim.momentum=0.9",), ("optim.name=adam", "optim.lr=0.003"),
+                                   ("optim.lr=1e30", "dist.nonfinite=skip")])
+def test_buffer_ring_changes_no_number(shared_dir, extra, monkeypatch, tmp_path):
+    """The ring of shared buffers (dist.ring_mb) against the in-place update: the same bits after the
+    ring has wrapped round twice, also when steps are skipped (the next copy must carry Phi over)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    comm = MPIComm()
+    runs = {}
+    for ring_mb in (0, 1):
+        trainer = Trainer(config_for(shared_dir, "train.max_steps=150", "dist.reduction=shared",
+                                     f"dist.ring_mb={ring_mb}", *extra), comm, Reporter(tmp_path, enabled=False))
+        with np.errstate(over="ignore", invalid="ignore"):   # lr = 1e30 overflows on purpose
+            trainer.run()
+        runs[ring_mb] = (trainer.reducer.depth, trainer.graph.params.copy(), optimizer_arrays(trainer),
+                         trainer.skipped_steps)
+        trainer.reducer.close()
+    (depth_0, params_0, state_0, skipped_0), (depth_1, params_1, state_1, skipped_1) = runs[0], runs[1]
+    same = np.array_equal(params_0, params_1, equal_nan=True) and all(
+        np.array_equal(state_0[k], state_1[k], equal_nan=True) for k in state_0)
+    skips_ok = skipped_0 == skipped_1 and (skipped_0 > 0) == ("dist.nonfinite=skip" in extra)
+    agree(comm, depth_0 == 1 and 1 < depth_1 < 75 and same and skips_ok,
+          f"depths {depth_0}/{depth_1}, same bits {same}, skipped {skipped_0}/{skipped_1}")

@@ -43,6 +43,7 @@ def exact_sum_check(comm, reducer, size, steps=3):
         if not np.array_equal(total, expected):
             ok, message = False, f"step {step}: total changed when the input was overwritten"
         comm.comm.Barrier()
+        reducer.rotate()
     reducer.close()
     agree(comm, ok, message)
 
@@ -52,6 +53,23 @@ def exact_sum_check(comm, reducer, size, steps=3):
 def test_shared_memory_sum_is_exact(size):
     comm = MPIComm()
     exact_sum_check(comm, SharedMemoryAllreduce(comm, size, np.float64, tail=min(2, size)), size)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_shared_memory_ring_is_exact_and_rotates():
+    """A ring of 3 buffer sets: sums stay exact over 7 steps; slots and parameter copies are used in turn."""
+    comm = MPIComm()
+    size, L = 1001, comm.local_size
+    set_bytes = (L + 1) * size * 8
+    reducer = SharedMemoryAllreduce(comm, size, np.float64, tail=2, ring_bytes=3 * set_bytes - 1)
+    seen = []
+    for _ in range(4):
+        seen.append((reducer.input.ctypes.data, reducer.params.ctypes.data, reducer.next_params.ctypes.data))
+        reducer.rotate()
+    in_turn = reducer.depth == 3 and seen[3] == seen[0] and len({s[0] for s in seen[:3]}) == 3 and \
+        all(seen[k][2] == seen[k + 1][1] for k in range(3))
+    agree(comm, in_turn, f"depth {reducer.depth}: buffers not used in turn")
+    exact_sum_check(comm, reducer, size, steps=7)
 
 
 @pytest.mark.mpi(min_size=2)
