@@ -39,6 +39,8 @@ This module sees flat NumPy arrays only, never a graph or an op.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ..data.sampler import shard_bounds
@@ -97,7 +99,18 @@ class SharedMemoryAllreduce:
                              "set dist.reduction = 'auto' (falls back to Allreduce) or 'allreduce'")
         dtype = np.dtype(dtype)
         set_rows = local_size + 1  # one set: a gradient slot per local rank and the host's parameters
-        self.depth = ring_depth(ring_bytes, set_rows * size * dtype.itemsize)
+        set_bytes = set_rows * size * dtype.itemsize
+        # The host's first rank decides from its free shared memory; a verdict is the same on every local rank.
+        plan = None
+        if local_rank == 0:
+            try:
+                plan = window_depth(ring_bytes, set_bytes, size * dtype.itemsize, shared_memory_free())
+            except ValueError as error:
+                plan = str(error)
+        plan = self.host.bcast(plan)
+        if isinstance(plan, str):
+            raise ValueError(plan)
+        self.depth = plan
         rows = self.depth * set_rows + 1  # the sets, then the total
         nbytes = rows * size * dtype.itemsize if local_rank == 0 else 0
         self.window = MPI.Win.Allocate_shared(nbytes, dtype.itemsize, comm=self.host)
@@ -187,10 +200,36 @@ def ring_depth(ring_bytes: int, set_bytes: int) -> int:
     return max(1, min(MAX_RING_DEPTH, -(-ring_bytes // max(set_bytes, 1))))
 
 
+def shared_memory_free(path: str = "/dev/shm") -> int | None:
+    """Bytes free where MPICH puts shared windows (None: no such file system to ask)."""
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
+def window_depth(ring_bytes: int, set_bytes: int, total_bytes: int, free_bytes: int | None) -> int:
+    """The ring depth for a window of depth x set_bytes + total_bytes, given the free shared memory.
+
+    The ring takes at most half of what is free (other jobs and MPI itself need some; Docker gives
+    64 MB); a window that does not fit even in place is refused with the fix, instead of the bus
+    error that touching memory beyond a full /dev/shm would raise."""
+    if free_bytes is None:
+        return ring_depth(ring_bytes, set_bytes)
+    needed = set_bytes + total_bytes
+    if needed > free_bytes:
+        raise ValueError(f"dist.reduction = 'shared' needs {needed / 2**20:.1f} MiB of shared memory but /dev/shm "
+                         f"has {free_bytes / 2**20:.1f} MiB free: give it more (docker run --shm-size=1g) or set "
+                         f"dist.reduction = 'allreduce'")
+    return ring_depth(min(ring_bytes, free_bytes // 2), set_bytes)
+
+
 def make_reducer(comm, size: int, dtype, kind: str = "auto", tail: int = 0, ring_bytes: int = 0):
     """The gradient reducer for ``comm``: 'shared' memory within hosts, plain 'allreduce', or 'auto'.
 
-    auto = shared when several ranks share a host and every host has as many ranks; else allreduce.
+    auto = shared when several ranks share a host, every host has as many ranks and room in /dev/shm
+    for the window; else allreduce.
     ``tail``: trailing values of the buffer (flags) whose sum every rank needs, in ``tail_total``.
     ``ring_bytes``: with shared memory, rotate through buffer sets totalling at least this much.
     """
@@ -201,5 +240,10 @@ def make_reducer(comm, size: int, dtype, kind: str = "auto", tail: int = 0, ring
     if kind == "auto":
         sizes = comm.allgather_obj(comm.local_size)
         if min(sizes) < 2 or len(set(sizes)) != 1:
+            return InPlaceAllreduce(comm, size, dtype, tail)
+        # ... and only if the window fits in place on every host (else one host would refuse it)
+        free = shared_memory_free() if comm.local_rank == 0 else None
+        window_bytes = (comm.local_size + 2) * size * np.dtype(dtype).itemsize
+        if not all(comm.allgather_obj(free is None or window_bytes <= free)):
             return InPlaceAllreduce(comm, size, dtype, tail)
     return SharedMemoryAllreduce(comm, size, dtype, tail, ring_bytes)

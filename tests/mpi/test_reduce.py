@@ -106,3 +106,27 @@ def test_auto_chooses_shared_memory_on_one_host():
     reducer = make_reducer(comm, 10, np.float32, "auto")
     agree(comm, reducer.kind == "shared", reducer.kind)
     reducer.close()
+
+
+@pytest.mark.mpi(min_size=2)
+def test_small_dev_shm_limits_the_ring_refuses_shared_and_auto_falls_back(monkeypatch):
+    """As in a container with little /dev/shm: the ring shrinks to half of what is free; a window
+    that does not fit in place is refused on every rank (shared) or avoided (auto), never a bus error."""
+    from ddp_edf.dist import reduce
+    comm = MPIComm()
+    size = 100_000                                  # 0.4 MB per row in float32
+    row = size * 4
+    monkeypatch.setattr(reduce, "shared_memory_free", lambda path="/dev/shm": 40 * row)
+    ring = make_reducer(comm, size, np.float32, "shared", ring_bytes=64 << 20)
+    expected_depth = reduce.ring_depth(20 * row, (comm.local_size + 1) * row)
+    ok = ring.kind == "shared" and ring.depth == expected_depth
+    ring.close()
+    monkeypatch.setattr(reduce, "shared_memory_free", lambda path="/dev/shm": row)
+    auto = make_reducer(comm, size, np.float32, "auto", ring_bytes=64 << 20)
+    ok = ok and auto.kind == "allreduce"
+    try:
+        make_reducer(comm, size, np.float32, "shared")
+        refused = False
+    except ValueError as error:
+        refused = "/dev/shm has 0.4 MiB free" in str(error) and "--shm-size" in str(error)
+    agree(comm, ok and refused, f"depth {expected_depth}, auto {auto.kind}, refused {refused}")
