@@ -9,7 +9,9 @@ One step, on every rank (lines that exist because of data parallelism carry a "D
     optimizer.step(lr(step))                                      identical on every rank
 
 With dist.reduction = shared (ranks on one host), the parameters live once per host in shared
-memory and each rank runs the optimizer on its part of them; the result is the same.
+memory and each rank runs the optimizer on its part of them; with a buffer ring (dist.ring_mb)
+the update writes the next of several copies and gradients rotate through slot sets alike.  The
+result is the same.
 """
 
 from __future__ import annotations
