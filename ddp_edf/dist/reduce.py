@@ -32,7 +32,7 @@ Two ways, same result (the sum of every rank's buffer, on every rank):
   gradients to slot set t, the update writes copy t + 1, and ``rotate()`` moves on.  By the time a
   set comes round again, the other cores have long evicted it (depth x set size >= ring_bytes:
   dist.ring_mb = 64 MiB by default, twice a 32 MB L3, but at most half of the free /dev/shm).
-  Measured on the development VM: 20% faster steps in its slow state, ~1% slower in its normal
+  Measured on the development VM: 20% faster steps in its slow state, ~2% slower in its normal
   one (docs/performance.md).  Same arithmetic, same bits.
 
 This module sees flat NumPy arrays only, never a graph or an op.
