@@ -217,7 +217,7 @@ class Trainer:
         self.stop_agreed = bool(self.total_flags[1] > 0)
         if finite:
             self.optimizer.step(self._lr())
-        elif self.optimizer.out is not self.optimizer.params:  # skipped: the next copy keeps Phi as it is
+        elif self.reducer.depth > 1:  # skipped: the ring's next copy must still hold Phi as it is
             np.copyto(self.optimizer.out, self.optimizer.params)
         self.reducer.finish_update()  # DDP: with shared parameters, wait until every part is updated
         if self.reducer.depth > 1:
