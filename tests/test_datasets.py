@@ -139,3 +139,39 @@ def test_download_command_line(mirror, isolated_data, capsys):
     from ddp_edf.data.__main__ import main
     assert main(["download", "mnist"]) == 0
     assert "mnist: ready" in capsys.readouterr().out
+
+
+def test_a_server_that_trickles_is_given_up_at_the_deadline(isolated_data):
+    """Every read arrives within the per-read timeout, but the file never would: the deadline ends it,
+    the next mirror is tried, and nothing is left behind."""
+    from ddp_edf.data.download import download
+
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(10 ** 9))
+            self.end_headers()
+            try:
+                while True:
+                    self.wfile.write(b"x" * 64)
+                    self.wfile.flush()
+                    threading.Event().wait(0.01)
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    destination = isolated_data / "file.gz"
+    try:
+        with pytest.raises(DataError, match=r"slow\.gz: still downloading after .* when the deadline passed.*"
+                                            r"unreachable\.gz") as error:
+            download([f"http://127.0.0.1:{server.server_address[1]}/slow.gz", "http://127.0.0.1:9/unreachable.gz"],
+                     destination, "0" * 64, timeout=5.0, progress=False, deadline_s=0.5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "\n" not in str(error.value)
+    assert not list(isolated_data.glob("file.gz*"))
