@@ -224,25 +224,30 @@ class Graph:
         """Keep the gradients in ``storage`` (num_params elements) from now on: ``grads`` and every
         ``p.grad`` become views of it.  ``copy_values=False`` leaves storage as it is (backward
         overwrites it anyway).  Build optimizers on the reducer's total, not on these views."""
-        if storage.shape != self.grads.shape or storage.dtype != self.dtype:
-            raise ValueError(f"gradient storage must be a flat {self.dtype} array of {self.grads.size} elements")
-        if copy_values:
-            storage[...] = self.grads
-        self.grads = storage
-        for p, start, stop in zip(self.parameters, self.offsets[:-1], self.offsets[1:]):
-            p.grad = storage[start:stop].reshape(p.value.shape)
+        self.grads = self._adopt(storage, self.grads, "gradient", copy_values)
+        for p, segment in self._segments(storage):
+            p.grad = segment
 
     def params_into(self, storage: np.ndarray, copy_values: bool = True):
         """Keep the parameters in ``storage`` (a flat array of num_params elements, e.g. memory shared
         with other processes) from now on: ``params`` and every ``p.value`` become views of it.
         ``copy_values=False`` leaves storage as it is (another process fills it).  Build optimizers after."""
-        if storage.shape != self.params.shape or storage.dtype != self.dtype:
-            raise ValueError(f"parameter storage must be a flat {self.dtype} array of {self.params.size} elements")
+        self.params = self._adopt(storage, self.params, "parameter", copy_values)
+        for p, segment in self._segments(storage):
+            p.value = segment
+
+    def _adopt(self, storage: np.ndarray, current: np.ndarray, what: str, copy_values: bool) -> np.ndarray:
+        """``storage`` checked to replace the flat array ``current`` (and filled from it if asked)."""
+        if storage.shape != current.shape or storage.dtype != self.dtype:
+            raise ValueError(f"{what} storage must be a flat {self.dtype} array of {current.size} elements")
         if copy_values:
-            storage[...] = self.params
-        self.params = storage
-        for p, start, stop in zip(self.parameters, self.offsets[:-1], self.offsets[1:]):
-            p.value = storage[start:stop].reshape(p.value.shape)
+            storage[...] = current
+        return storage
+
+    def _segments(self, flat: np.ndarray):
+        """(parameter, its segment of ``flat`` shaped like it), for every parameter."""
+        return ((p, flat[start:stop].reshape(p.value.shape))
+                for p, start, stop in zip(self.parameters, self.offsets[:-1], self.offsets[1:]))
 
     # -- parameters by name ---------------------------------------------------------------
 

@@ -30,12 +30,12 @@ def test_ring_depth_covers_the_ring_and_is_capped():
 
 def test_window_depth_fits_the_free_shared_memory():
     from ddp_edf.dist.reduce import window_depth
-    set_bytes, total = 3 * 814_128, 814_128
-    assert window_depth(64 << 20, set_bytes, total, None) == 28          # nothing to ask: the ring as asked
-    assert window_depth(64 << 20, set_bytes, total, 20 << 30) == 28      # plenty free
-    assert window_depth(64 << 20, set_bytes, total, 60 << 20) == 13      # Docker's 64 MB: half of what is free
-    assert window_depth(0, set_bytes, total, 60 << 20) == 1
-    assert window_depth(64 << 20, set_bytes, total, set_bytes + total) == 1   # just fits in place
+    ranks, row = 2, 814_128                                         # the MNIST MLP's vector, 2 ranks per host
+    assert window_depth(64 << 20, ranks, row, None) == 28          # nothing to ask: the ring as asked
+    assert window_depth(64 << 20, ranks, row, 20 << 30) == 28      # plenty free
+    assert window_depth(64 << 20, ranks, row, 60 << 20) == 13      # Docker's 64 MB: half of what is free
+    assert window_depth(0, ranks, row, 60 << 20) == 1
+    assert window_depth(64 << 20, ranks, row, 4 * row) == 1        # just fits in place
     with pytest.raises(ValueError, match=r"needs 3\.1 MiB of shared memory but /dev/shm has 2\.0 MiB free.*"
                                          r"--shm-size.*dist.reduction = 'allreduce'"):
-        window_depth(64 << 20, set_bytes, total, 2 << 20)
+        window_depth(64 << 20, ranks, row, 2 << 20)

@@ -100,12 +100,11 @@ class SharedMemoryAllreduce:
                              "set dist.reduction = 'auto' (falls back to Allreduce) or 'allreduce'")
         dtype = np.dtype(dtype)
         set_rows = local_size + 1  # one set: a gradient slot per local rank and the host's parameters
-        set_bytes = set_rows * size * dtype.itemsize
         # The host's first rank decides from its free shared memory; a verdict is the same on every local rank.
         plan = None
         if local_rank == 0:
             try:
-                plan = window_depth(ring_bytes, set_bytes, size * dtype.itemsize, shared_memory_free())
+                plan = window_depth(ring_bytes, local_size, size * dtype.itemsize, shared_memory_free())
             except ValueError as error:
                 plan = str(error)
         plan = self.host.bcast(plan)
@@ -210,15 +209,22 @@ def shared_memory_free(path: str = "/dev/shm") -> int | None:
     return stats.f_bavail * stats.f_frsize
 
 
-def window_depth(ring_bytes: int, set_bytes: int, total_bytes: int, free_bytes: int | None) -> int:
-    """The ring depth for a window of depth x set_bytes + total_bytes, given the free shared memory.
+def in_place_bytes(local_size: int, row_bytes: int) -> int:
+    """The window without a ring: one slot per local rank, the parameters, the total."""
+    return (local_size + 2) * row_bytes
+
+
+def window_depth(ring_bytes: int, local_size: int, row_bytes: int, free_bytes: int | None) -> int:
+    """The ring depth for a host of ``local_size`` ranks and vectors of ``row_bytes``, given the free
+    shared memory: sets of (local_size + 1) rows, plus the total.
 
     The ring takes at most half of what is free (other jobs and MPI itself need some; Docker gives
     64 MB); a window that does not fit even in place is refused with the fix, instead of the bus
     error that touching memory beyond a full /dev/shm would raise."""
+    set_bytes = (local_size + 1) * row_bytes
     if free_bytes is None:
         return ring_depth(ring_bytes, set_bytes)
-    needed = set_bytes + total_bytes
+    needed = in_place_bytes(local_size, row_bytes)
     if needed > free_bytes:
         raise ValueError(f"dist.reduction = 'shared' needs {needed / 2**20:.1f} MiB of shared memory but /dev/shm "
                          f"has {free_bytes / 2**20:.1f} MiB free: give it more (docker run --shm-size=1g) or set "
@@ -244,7 +250,7 @@ def make_reducer(comm, size: int, dtype, kind: str = "auto", tail: int = 0, ring
             return InPlaceAllreduce(comm, size, dtype, tail)
         # ... and only if the window fits in place on every host (else one host would refuse it)
         free = shared_memory_free() if comm.local_rank == 0 else None
-        window_bytes = (comm.local_size + 2) * size * np.dtype(dtype).itemsize
-        if not all(comm.allgather_obj(free is None or window_bytes <= free)):
+        needed = in_place_bytes(comm.local_size, size * np.dtype(dtype).itemsize)
+        if not all(comm.allgather_obj(free is None or needed <= free)):
             return InPlaceAllreduce(comm, size, dtype, tail)
     return SharedMemoryAllreduce(comm, size, dtype, tail, ring_bytes)
