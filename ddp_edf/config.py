@@ -84,6 +84,7 @@ class DistConfig:
     nonfinite: str = "stop"       # non-finite loss: stop | skip (the step, on every rank)
     reduction: str = "auto"       # gradient sum: allreduce | shared (MPI-3 shared memory per host) | auto
     ring_mb: int = 64             # shared: rotate through buffer sets of at least this many MiB (0 = in place)
+    ring_autotune: bool = True    # ring: rank 0 times steps, pauses the ring while in place is faster
 
 
 @dataclass

@@ -10,8 +10,9 @@ One step, on every rank (lines that exist because of data parallelism carry a "D
 
 With dist.reduction = shared (ranks on one host), the parameters live once per host in shared
 memory and each rank runs the optimizer on its part of them; with a buffer ring (dist.ring_mb)
-the update writes the next of several copies and gradients rotate through slot sets alike.  The
-result is the same.
+the update writes the next of several copies and gradients rotate through slot sets alike, or, in
+steps where rank 0's tuner finds it faster (dist.ring_autotune), the ring pauses and the update
+is in place.  The result is the same.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .data.batches import BatchLoader
 from .data.sampler import global_batch
 from .dist.data_parallel import broadcast_params, check_in_sync
 from .dist.reduce import make_reducer
+from .dist.ring_tuner import RingTuner
 from .models import build_model
 from .optim import SGD, Adam, learning_rate
 
@@ -90,6 +92,7 @@ class Totals:
 class StepTimes:
     seconds: dict = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     steps: int = 0
+    rotating_steps: int = 0   # steps whose update rotated the buffer ring (the rest were in place)
 
     def per_step_ms(self) -> dict:
         return {f"{phase}_ms": 1000 * total / max(self.steps, 1) for phase, total in self.seconds.items()}
@@ -125,17 +128,18 @@ class Trainer:
             except ValueError as error:
                 raise TrainingError(str(error)) from None
         broadcast_params(comm, self.graph.params)  # DDP: every rank starts from rank 0's parameters
-        # DDP: the reduced buffer is the gradients plus two flags, [non-finite loss, stop signal], so
-        # the one collective of a step carries both agreements with the gradient sum.  Backward
-        # writes into the reducer's input (shared memory with dist.reduction = shared); the
-        # optimizer reads the reducer's total (the same array for a plain Allreduce).
+        # DDP: the reduced buffer is the gradients plus three flags, [non-finite loss, stop signal,
+        # rank 0's ring vote], so the one collective of a step carries every agreement with the
+        # gradient sum.  Backward writes into the reducer's input (shared memory with
+        # dist.reduction = shared); the optimizer reads the reducer's total (the same array for a
+        # plain Allreduce).
         n = self.graph.num_params
         try:
-            self.reducer = make_reducer(comm, n + 2, self.graph.dtype, config.dist.reduction, tail=2,
+            self.reducer = make_reducer(comm, n + 3, self.graph.dtype, config.dist.reduction, tail=3,
                                         ring_bytes=config.dist.ring_mb << 20)
         except ValueError as error:  # the same verdict on every rank
             raise TrainingError(str(error)) from None
-        self.graph.grads_with_tail(2, storage=self.reducer.input)
+        self.graph.grads_with_tail(3, storage=self.reducer.input)
         self.total_flags = self.reducer.tail_total
         if self.reducer.params is not None:  # DDP: one copy of the parameters per host, in shared memory
             self.graph.params_into(self.reducer.params[:n], copy_values=comm.local_rank == 0)
@@ -144,6 +148,10 @@ class Trainer:
         self.part = self.reducer.update_part(n)
         self.optimizer = build_optimizer(config.optim, self.graph.params[self.part], self.reducer.total[self.part])
         self._use_step_buffers()
+        # DDP: rank 0 alone times steps and decides, for all, whether the ring rotates
+        self.ring_tuner = RingTuner() if (comm.is_root and self.reducer.depth > 1
+                                          and config.dist.ring_autotune) else None
+        self.ring_vote = 1.0 if comm.is_root else 0.0   # rotate (as long as no tuner says otherwise)
         self.loader = BatchLoader(self.dataset.num_features)
         self.segments = [(p.name, int(a), int(b)) for p, a, b in
                          zip(self.graph.parameters, self.graph.offsets[:-1], self.graph.offsets[1:])]
@@ -173,19 +181,18 @@ class Trainer:
     # -- one step ------------------------------------------------------------------------------
 
     def _use_step_buffers(self):
-        """Point gradients, flags, parameters and the optimizer at the reducer's buffers for this step
-        (they move every step when the reducer rotates through a ring of them)."""
+        """Point gradients, flags and parameters at the reducer's buffers for this step (they move
+        every step when the reducer rotates through a ring of them)."""
         n, reducer = self.graph.num_params, self.reducer
         self.local_flags = reducer.input[n:]
         if reducer.depth > 1:
             self.graph.grads_into(reducer.input[:n], copy_values=False)
             self.graph.params_into(reducer.params[:n], copy_values=False)
-        if reducer.next_params is not None:  # DDP: the update reads this copy and writes the next one
-            self.optimizer.retarget(reducer.params[self.part], reducer.next_params[self.part])
 
     def train_step(self, batch_indices: np.ndarray, times: StepTimes, totals: Totals) -> bool:
         """Forward, backward, Allreduce, update on this rank's shard.  False if the step was skipped."""
         comm, graph, model = self.comm, self.graph, self.model
+        t_start = time.perf_counter()
         lo, hi = shard_bounds(len(batch_indices), comm.rank, comm.world_size)  # DDP: my contiguous part
         shard = batch_indices[lo:hi]
         scale = 1.0 / len(batch_indices)  # DDP: 1 / B_global, not 1 / len(shard)
@@ -210,20 +217,28 @@ class Trainer:
             graph.grads.fill(0)  # DDP: an empty shard (short last batch, B < W) still joins the Allreduce
         self.local_flags[0] = 0.0 if math.isfinite(local_loss) else 1.0   # DDP: summed: every rank learns of it
         self.local_flags[1] = 1.0 if self.stop_requested else 0.0         # DDP: a signal reached this rank
+        self.local_flags[2] = self.ring_vote                              # DDP: rank 0's vote, 0 elsewhere
         t4 = time.perf_counter()
-        self.reducer.reduce()  # DDP: ONE sum over ranks of the gradients and the flags
+        reducer = self.reducer
+        reducer.reduce()  # DDP: ONE sum over ranks of the gradients and the flags
         t5 = time.perf_counter()
         finite = self.total_flags[0] == 0  # identical on every rank after the reduction
         self.stop_agreed = bool(self.total_flags[1] > 0)
+        reducer.set_rotating(self.total_flags[2] > 0)  # DDP: every rank follows rank 0's vote
+        if reducer.next_params is not None:  # DDP: the update reads this copy, writes the next (or the same)
+            self.optimizer.retarget(reducer.params[self.part], reducer.next_params[self.part])
         if finite:
             self.optimizer.step(self._lr())
-        elif self.reducer.depth > 1:  # skipped: the ring's next copy must still hold Phi as it is
+        elif reducer.rotating:  # skipped: the ring's next copy must still hold Phi as it is
             np.copyto(self.optimizer.out, self.optimizer.params)
-        self.reducer.finish_update()  # DDP: with shared parameters, wait until every part is updated
-        if self.reducer.depth > 1:
-            self.reducer.rotate()     # DDP: next step reads the updated copy, writes the next slot set
+        reducer.finish_update()  # DDP: with shared parameters, wait until every part is updated
+        if reducer.rotating:
+            reducer.rotate()     # DDP: next step reads the updated copy, writes the next slot set
             self._use_step_buffers()
+            times.rotating_steps += 1
         t6 = time.perf_counter()
+        if self.ring_tuner is not None:
+            self.ring_vote = 1.0 if self.ring_tuner.observe(t6 - t_start) else 0.0
         times.seconds["allreduce"] += t5 - t4
         times.seconds["optimizer"] += t6 - t5
         times.steps += 1
@@ -348,6 +363,8 @@ class Trainer:
     def _report(self, epoch, totals, times, rate, with_dev) -> dict:
         train = totals.reduced(self.comm).figures()  # DDP: the whole global batch's figures
         extra = {"samples_per_s": rate, "lr": self._lr(), **times.per_step_ms()}
+        if self.reducer.depth > 1:  # the share of steps the ring rotated (the tuner paused it in the rest)
+            extra["ring_rotating"] = times.rotating_steps / max(times.steps, 1)
         self._record("train", epoch, train, extra)
         line = (f"step {self.step:>7}  epoch {epoch}  train loss {train['loss']:.4f} error {train['error']:.4f}")
         figures = {"train": train}
@@ -371,7 +388,11 @@ class Trainer:
                           f"test {len(d.test)}")
         self.reporter.log(f"model: {c.model.kind} {self.graph.num_params:,} parameters "
                           f"({', '.join(p.name for p in self.graph.parameters)})")
+        ring = ""
+        if self.reducer.depth > 1:
+            ring = (f", a ring of {self.reducer.depth} buffer sets, "
+                    f"{'paused while in place is faster' if c.dist.ring_autotune else 'always rotating'}")
         self.reporter.log(f"ranks: {self.comm.world_size} ({self.comm.backend}, gradients summed by "
-                          f"{self.reducer.kind}); global batch "
+                          f"{self.reducer.kind}{ring}); global batch "
                           f"{c.train.global_batch}; {self.steps_per_epoch} steps/epoch; {self.total_steps} steps; "
                           f"seed {self.seed}")

@@ -32,8 +32,10 @@ Two ways, same result (the sum of every rank's buffer, on every rank):
   gradients to slot set t, the update writes copy t + 1, and ``rotate()`` moves on.  By the time a
   set comes round again, the other cores have long evicted it (depth x set size >= ring_bytes:
   dist.ring_mb = 64 MiB by default, twice a 32 MB L3, but at most half of the free /dev/shm).
-  Measured on the development VM: 20% faster steps in its slow state, ~2% slower in its normal
-  one (docs/performance.md).  Same arithmetic, same bits.
+  Measured on the development VM: 20% faster steps in its slow state, ~2-4% slower in its normal
+  one (docs/performance.md).  Same arithmetic, same bits.  ``set_rotating(False)`` pauses the ring
+  for a step (the update writes ``params`` in place, the next step reuses the slot set), so a
+  tuner can pick, step by step, whichever mode the machine currently favours (ring_tuner.py).
 
 This module sees flat NumPy arrays only, never a graph or an op.
 """
@@ -56,6 +58,7 @@ class InPlaceAllreduce:
     kind = "allreduce"
     params = next_params = None   # every rank keeps its own parameters and updates all of them
     depth = 1
+    rotating = False
 
     def __init__(self, comm, size: int, dtype, tail: int = 0):
         self.comm = comm
@@ -72,6 +75,9 @@ class InPlaceAllreduce:
         return slice(0, n)
 
     def finish_update(self):
+        pass
+
+    def set_rotating(self, rotating: bool):
         pass
 
     def rotate(self):
@@ -123,6 +129,7 @@ class SharedMemoryAllreduce:
         self.total = table[-1]
         self.local_rank = local_rank
         self.turn = 0
+        self.rotating = self.depth > 1
         self._point()
         self.part = slice(*shard_bounds(size, local_rank, local_size))  # contiguous, sizes differ by <= 1
         self.tail = slice(size - tail, size)
@@ -148,11 +155,21 @@ class SharedMemoryAllreduce:
         self.slots = self._slot_sets[self.turn]
         self.input = self.slots[self.local_rank]
         self.params = self._param_copies[self.turn]
-        self.next_params = self._param_copies[(self.turn + 1) % self.depth]
+        self.next_params = self._param_copies[(self.turn + 1) % self.depth] if self.rotating else self.params
+
+    def set_rotating(self, rotating: bool):
+        """Between reduce() and the update, the same on every local rank: should this step's update
+        write the next copy (and rotate() move on), or overwrite ``params`` in place (and the next
+        step reuse this turn's buffers)?  Without a ring it is always in place."""
+        rotating = bool(rotating) and self.depth > 1
+        if rotating != self.rotating:
+            self.rotating = rotating
+            self._point()
 
     def rotate(self):
-        """After finish_update(): the updated copy becomes ``params``, the next slot set ``input``."""
-        if self.depth > 1:
+        """After finish_update(): the updated copy becomes ``params``, the next slot set ``input``
+        (nothing moves while the ring is paused)."""
+        if self.rotating:
             self.turn = (self.turn + 1) % self.depth
             self._point()
 

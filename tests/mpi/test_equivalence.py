@@ -134,26 +134,60 @@ def test_ranks_with_empty_shards_still_agree(shared_dir, monkeypatch, tmp_path):
           f"{parallel.reducer.kind}: parameters differ from one process by {difference:.2e}")
 
 
+class ScriptedVotes:
+    """Stands in for rank 0's RingTuner: pauses and resumes the ring at random steps (seeded), so
+    every transition (rotate -> in place -> rotate, also around skipped steps) is exercised."""
+
+    def __init__(self):
+        self.votes = np.random.default_rng(3).random(10_000) < 0.5
+        self.steps = 0
+
+    def observe(self, step_seconds):
+        self.steps += 1
+        return bool(self.votes[self.steps])
+
+
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("extra", [("optim.momentum=0.9",), ("optim.name=adam", "optim.lr=0.003"),
                                    ("optim.lr=1e30", "dist.nonfinite=skip")])
 def test_buffer_ring_changes_no_number(shared_dir, extra, monkeypatch, tmp_path):
     """The ring of shared buffers (dist.ring_mb) against the in-place update: the same bits after the
-    ring has wrapped round twice, also when steps are skipped (the next copy must carry Phi over)."""
+    ring has wrapped round twice, also when steps are skipped (the next copy must carry Phi over),
+    and when rank 0 pauses and resumes the ring at random steps (every rank must follow its vote)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     comm = MPIComm()
     runs = {}
-    for ring_mb in (0, 1):
-        trainer = Trainer(config_for(shared_dir, "train.max_steps=150", "dist.reduction=shared",
-                                     f"dist.ring_mb={ring_mb}", *extra), comm, Reporter(tmp_path, enabled=False))
+    for variant, ring in (("in place", ("dist.ring_mb=0",)),
+                          ("ring", ("dist.ring_mb=1", "dist.ring_autotune=false")),
+                          ("ring, paused at random", ("dist.ring_mb=1",))):
+        trainer = Trainer(config_for(shared_dir, "train.max_steps=150", "dist.reduction=shared", *ring, *extra),
+                          comm, Reporter(tmp_path, enabled=False))
+        if variant == "ring, paused at random" and comm.is_root:
+            trainer.ring_tuner = ScriptedVotes()
+        rotations = []
+        step = trainer.train_step
+        def counted_step(*args):
+            turn = trainer.reducer.turn
+            finite = step(*args)
+            rotations.append(trainer.reducer.turn != turn)
+            return finite
+        trainer.train_step = counted_step
         with np.errstate(over="ignore", invalid="ignore"):   # lr = 1e30 overflows on purpose
             trainer.run()
-        runs[ring_mb] = (trainer.reducer.depth, trainer.graph.params.copy(), optimizer_arrays(trainer),
-                         trainer.skipped_steps)
+        turns = comm.allgather_obj(trainer.reducer.turn)
+        runs[variant] = (trainer.reducer.depth, trainer.graph.params.copy(), optimizer_arrays(trainer),
+                         trainer.skipped_steps, sum(rotations), len(set(turns)) == 1)
         trainer.reducer.close()
-    (depth_0, params_0, state_0, skipped_0), (depth_1, params_1, state_1, skipped_1) = runs[0], runs[1]
-    same = np.array_equal(params_0, params_1, equal_nan=True) and all(
-        np.array_equal(state_0[k], state_1[k], equal_nan=True) for k in state_0)
-    skips_ok = skipped_0 == skipped_1 and (skipped_0 > 0) == ("dist.nonfinite=skip" in extra)
-    agree(comm, depth_0 == 1 and 1 < depth_1 < 75 and same and skips_ok,
-          f"depths {depth_0}/{depth_1}, same bits {same}, skipped {skipped_0}/{skipped_1}")
+    depth_0, params_0, state_0, skipped_0, _, _ = runs["in place"]
+    failures = [] if depth_0 == 1 else [f"in place has depth {depth_0}"]
+    for variant in ("ring", "ring, paused at random"):
+        depth, params, state, skipped, rotated, turns_agree = runs[variant]
+        same = np.array_equal(params_0, params, equal_nan=True) and all(
+            np.array_equal(state_0[k], state[k], equal_nan=True) for k in state_0)
+        skips_ok = skipped_0 == skipped and (skipped > 0) == ("dist.nonfinite=skip" in extra)
+        expected_rotations = (150 if variant == "ring" else 50, 150 if variant == "ring" else 100)
+        if not (1 < depth < 75 and same and skips_ok and turns_agree
+                and expected_rotations[0] <= rotated <= expected_rotations[1]):
+            failures.append(f"{variant}: depth {depth}, same bits {same}, skipped {skipped}/{skipped_0}, "
+                            f"rotated in {rotated} of 150 steps, ranks on the same turn {turns_agree}")
+    agree(comm, not failures, "; ".join(failures))

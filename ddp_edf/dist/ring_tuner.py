@@ -1,0 +1,85 @@
+"""Rank 0's running choice between rotating the buffer ring and updating in place.
+
+The shared-memory reducer's ring (reduce.py) pays on a machine where writing a cache line another
+core still holds is slow, and costs a few percent where it is not; the development VM is either,
+from one minute to the next (docs/performance.md, "The slow state").  So, as Horovod's autotuner
+does for its knobs, rank 0 times its steps and every so often tries the other mode:
+
+    exploit  ``period`` steps in the current mode
+    probe    ``rounds`` x (``block`` steps in the other mode, ``block`` steps in the current one);
+             the first ``settle`` steps of each block are not timed (a vote shows one step late)
+    verdict  the other mode's median step time < (1 - margin) x the current mode's: switch, and
+             ``period`` back to its minimum; else stay, and ``period`` doubles (up to ``max_period``)
+    early    a block of the exploit phase whose median is > (1 + jump) x the current mode's median
+             at the last verdict starts the probe at once (the slow state makes in-place steps
+             ~25% slower: no need to wait out the period)
+
+Interleaving short blocks, not comparing one window before with one after, is what makes the
+verdict trustworthy: on the development VM the median of 32 steps drifts by ~2% (standard
+deviation) from one window to the next, as much as the ring's cost in the normal state.  The
+first exploit phase is one block long, so the better mode is found at once.
+
+The vote travels in the step's gradient reduction, so every rank changes mode at the same step;
+both modes do the same arithmetic (only where numbers are stored differs), so the choice never
+changes a result, only the speed.  Pure bookkeeping: no MPI, no arrays.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+
+class RingTuner:
+    def __init__(self, rounds: int = 4, block: int = 16, settle: int = 2, min_period: int = 1024,
+                 max_period: int = 4096, margin: float = 0.01, jump: float = 0.1):
+        if (rounds < 1 or not 0 <= settle < block or not 1 <= min_period <= max_period or not 0 <= margin < 1
+                or jump <= 0):
+            raise ValueError("RingTuner needs rounds >= 1, 0 <= settle < block, 1 <= min_period <= max_period, "
+                             "0 <= margin < 1, jump > 0")
+        self.rounds, self.block, self.settle, self.margin, self.jump = rounds, block, settle, margin, jump
+        self.min_period, self.max_period = min_period, max_period
+        self.rotating = True      # start with the ring: the safe mode when cores are slow to share
+        self.period = block       # the first probe comes at once
+        self.switches = 0
+        self._current = True      # the mode being exploited (rotating flips back and forth while probing)
+        self._step = 0            # steps since the current exploit phase began
+        self._times = {True: [], False: []}
+        self._reference = None    # the current mode's median step time at the last verdict
+        self._recent = []         # exploit-phase step times since the last check against it
+
+    @property
+    def probing(self) -> bool:
+        return self._step >= self.period
+
+    def observe(self, step_seconds: float) -> bool:
+        """Record the last step's duration; returns whether the next step should rotate the ring."""
+        if self.probing and (self._step - self.period) % self.block >= self.settle:
+            self._times[self.rotating].append(step_seconds)
+        elif not self.probing and self._reference is not None:
+            self._recent.append(step_seconds)
+            if len(self._recent) == self.block:     # has the machine changed since the last verdict?
+                if statistics.median(self._recent) > (1 + self.jump) * self._reference:
+                    self.period = self._step + 1     # probe from the next step on
+                self._recent = []
+        self._step += 1
+        if self._step == self.period + 2 * self.rounds * self.block:
+            self._verdict()
+        elif self.probing:
+            block = (self._step - self.period) // self.block   # even: the other mode, odd: the current
+            self.rotating = self._current if block % 2 else not self._current
+        return self.rotating
+
+    def _verdict(self):
+        other = statistics.median(self._times[not self._current])
+        current = statistics.median(self._times[self._current])
+        if other < (1 - self.margin) * current:   # the other mode is faster now: stay there
+            self._current = not self._current
+            self.switches += 1
+            self.period = self.min_period
+        else:                                     # it is not: look again later
+            self.period = min(max(2 * self.period, self.min_period), self.max_period)
+        self.rotating = self._current
+        self._reference = min(other, current)
+        self._step = 0
+        self._times = {True: [], False: []}
+        self._recent = []
