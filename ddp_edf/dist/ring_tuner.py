@@ -10,9 +10,10 @@ does for its knobs, rank 0 times its steps and every so often tries the other mo
              the first ``settle`` steps of each block are not timed (a vote shows one step late)
     verdict  the other mode's median step time < (1 - margin) x the current mode's: switch, and
              ``period`` back to its minimum; else stay, and ``period`` doubles (up to ``max_period``)
-    early    a block of the exploit phase whose median is > (1 + jump) x the current mode's median
-             at the last verdict starts the probe at once (the slow state makes in-place steps
-             ~25% slower: no need to wait out the period)
+    early    while in place, ``2 block`` steps whose median is > (1 + jump) x in place's median at
+             the last verdict start the probe at once: the slow state makes in-place steps ~25%
+             slower, no need to wait out the period.  (Not while rotating: the ring's steps vary by
+             10% with the machine's drift, and a slower ring does not mean in place got faster.)
 
 Interleaving short blocks, not comparing one window before with one after, is what makes the
 verdict trustworthy: on the development VM the median of 32 steps drifts by ~2% (standard
@@ -31,7 +32,7 @@ import statistics
 
 class RingTuner:
     def __init__(self, rounds: int = 4, block: int = 16, settle: int = 2, min_period: int = 1024,
-                 max_period: int = 4096, margin: float = 0.01, jump: float = 0.1):
+                 max_period: int = 4096, margin: float = 0.01, jump: float = 0.15):
         if (rounds < 1 or not 0 <= settle < block or not 1 <= min_period <= max_period or not 0 <= margin < 1
                 or jump <= 0):
             raise ValueError("RingTuner needs rounds >= 1, 0 <= settle < block, 1 <= min_period <= max_period, "
@@ -44,8 +45,8 @@ class RingTuner:
         self._current = True      # the mode being exploited (rotating flips back and forth while probing)
         self._step = 0            # steps since the current exploit phase began
         self._times = {True: [], False: []}
-        self._reference = None    # the current mode's median step time at the last verdict
-        self._recent = []         # exploit-phase step times since the last check against it
+        self._reference = None    # the chosen mode's median step time at the last verdict
+        self._recent = []         # exploit-phase step times (in place) since the last check against it
 
     @property
     def probing(self) -> bool:
@@ -55,9 +56,9 @@ class RingTuner:
         """Record the last step's duration; returns whether the next step should rotate the ring."""
         if self.probing and (self._step - self.period) % self.block >= self.settle:
             self._times[self.rotating].append(step_seconds)
-        elif not self.probing and self._reference is not None:
+        elif not self.probing and not self._current and self._reference is not None:
             self._recent.append(step_seconds)
-            if len(self._recent) == self.block:     # has the machine changed since the last verdict?
+            if len(self._recent) == 2 * self.block:  # has the machine changed since the last verdict?
                 if statistics.median(self._recent) > (1 + self.jump) * self._reference:
                     self.period = self._step + 1     # probe from the next step on
                 self._recent = []
@@ -76,10 +77,11 @@ class RingTuner:
             self._current = not self._current
             self.switches += 1
             self.period = self.min_period
+            self._reference = other
         else:                                     # it is not: look again later
             self.period = min(max(2 * self.period, self.min_period), self.max_period)
+            self._reference = current
         self.rotating = self._current
-        self._reference = min(other, current)
         self._step = 0
         self._times = {True: [], False: []}
         self._recent = []
