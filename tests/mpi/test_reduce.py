@@ -1,5 +1,8 @@
 """Gradient reducers under real MPI: every kind returns the exact sum on every rank, step after step."""
 
+import mmap
+import resource
+
 import numpy as np
 import pytest
 
@@ -70,6 +73,24 @@ def test_shared_memory_ring_is_exact_and_rotates():
         all(seen[k][2] == seen[k + 1][1] for k in range(3))
     agree(comm, in_turn, f"depth {reducer.depth}: buffers not used in turn")
     exact_sum_check(comm, reducer, size, steps=7)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_every_rank_has_the_whole_window_mapped_from_the_start():
+    """Writing my gradient slot in every set of the ring right after construction faults (almost)
+    no page in, on any rank: otherwise the first pass through the ring pays a fault per page."""
+    comm = MPIComm()
+    reducer = SharedMemoryAllreduce(comm, 100_003, np.float32, tail=2, ring_bytes=16 << 20)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    pages = 0
+    for _ in range(reducer.depth):
+        reducer.input.fill(1.0)            # as backward does
+        pages += reducer.input.nbytes // mmap.PAGESIZE
+        reducer.rotate()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    reducer.close()
+    agree(comm, reducer.depth > 4 and faults < pages // 20,
+          f"{faults} page faults writing {pages} pages of my slots in a {reducer.depth}-deep ring")
 
 
 @pytest.mark.mpi(min_size=2)
