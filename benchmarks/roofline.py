@@ -10,7 +10,7 @@
    a W-rank step sees.  With OpenBLAS's own kernels and with those ddp_edf picks (ddp_edf/blas.py);
    the bound uses the faster, so picking kernels cannot flatter the fraction.  Bound on samples/s = shard rows / time of the step's GEMMs, summed over ranks.
 3. The gradient sum between W ranks on this host: MPI Allreduce latency (8 bytes) and time for the
-   gradient (203,530 float32 + 2 flags), and the shared-memory reduction of ddp_edf.
+   gradient (203,530 float32 + 3 flags), and the shared-memory reduction of ddp_edf.
 4. ddp_edf's measured throughput (the real training loop, median of --runs) as a fraction of the bound.
 """
 

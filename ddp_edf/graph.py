@@ -122,21 +122,18 @@ class CompNode(Node):
     def backward(self):
         raise NotImplementedError(f"{type(self).__name__}.backward")
 
-    def buffer(self, key: str, shape, dtype) -> np.ndarray:
-        """A scratch array owned by this node, reused while the shape stays the same (no per-step allocation)."""
+    def buffer(self, key: str, shape, dtype, fill=None) -> np.ndarray:
+        """A scratch array owned by this node, reused while the shape stays the same (no per-step
+        allocation).  ``fill``: the value a new array starts with (else its contents are undefined)."""
         array = self._buffers.get(key)
         if array is None or array.shape != tuple(shape) or array.dtype != dtype:
-            array = np.empty(shape, dtype=dtype)
+            array = np.empty(shape, dtype=dtype) if fill is None else np.full(shape, fill, dtype=dtype)
             self._buffers[key] = array
         return array
 
     def ones(self, n: int, dtype) -> np.ndarray:
         """A vector of n ones owned by this node (sums over an axis are GEMVs with it)."""
-        array = self._buffers.get("ones")
-        if array is None or array.shape != (n,) or array.dtype != dtype:
-            array = np.ones(n, dtype=dtype)
-            self._buffers["ones"] = array
-        return array
+        return self.buffer("ones", (n,), dtype, fill=1)
 
     def shape_error(self, message: str) -> ShapeError:
         shapes = ", ".join(f"{node.describe()}" for node in self.inputs)

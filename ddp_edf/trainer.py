@@ -181,13 +181,15 @@ class Trainer:
     # -- one step ------------------------------------------------------------------------------
 
     def _use_step_buffers(self):
-        """Point gradients, flags and parameters at the reducer's buffers for this step (they move
-        every step when the reducer rotates through a ring of them)."""
+        """Point gradients, flags, parameters and the optimizer at the reducer's buffers for this step
+        (they move every step when the reducer rotates through a ring of them)."""
         n, reducer = self.graph.num_params, self.reducer
         self.local_flags = reducer.input[n:]
         if reducer.depth > 1:
             self.graph.grads_into(reducer.input[:n], copy_values=False)
             self.graph.params_into(reducer.params[:n], copy_values=False)
+        if reducer.next_params is not None:  # DDP: the update reads this copy, writes the next (or the same)
+            self.optimizer.retarget(reducer.params[self.part], reducer.next_params[self.part])
 
     def train_step(self, batch_indices: np.ndarray, times: StepTimes, totals: Totals) -> bool:
         """Forward, backward, Allreduce, update on this rank's shard.  False if the step was skipped."""
@@ -224,9 +226,8 @@ class Trainer:
         t5 = time.perf_counter()
         finite = self.total_flags[0] == 0  # identical on every rank after the reduction
         self.stop_agreed = bool(self.total_flags[1] > 0)
-        reducer.set_rotating(self.total_flags[2] > 0)  # DDP: every rank follows rank 0's vote
-        if reducer.next_params is not None:  # DDP: the update reads this copy, writes the next (or the same)
-            self.optimizer.retarget(reducer.params[self.part], reducer.next_params[self.part])
+        if reducer.set_rotating(self.total_flags[2] > 0):  # DDP: every rank follows rank 0's vote
+            self._use_step_buffers()                        # the update's output moved
         if finite:
             self.optimizer.step(self._lr())
         elif reducer.rotating:  # skipped: the ring's next copy must still hold Phi as it is

@@ -78,8 +78,8 @@ class InPlaceAllreduce:
     def finish_update(self):
         pass
 
-    def set_rotating(self, rotating: bool):
-        pass
+    def set_rotating(self, rotating: bool) -> bool:
+        return False
 
     def rotate(self):
         pass
@@ -161,14 +161,17 @@ class SharedMemoryAllreduce:
         self.params = self._param_copies[self.turn]
         self.next_params = self._param_copies[(self.turn + 1) % self.depth] if self.rotating else self.params
 
-    def set_rotating(self, rotating: bool):
+    def set_rotating(self, rotating: bool) -> bool:
         """Between reduce() and the update, the same on every local rank: should this step's update
         write the next copy (and rotate() move on), or overwrite ``params`` in place (and the next
-        step reuse this turn's buffers)?  Without a ring it is always in place."""
+        step reuse this turn's buffers)?  Without a ring it is always in place.  True if
+        ``next_params`` changed."""
         rotating = bool(rotating) and self.depth > 1
-        if rotating != self.rotating:
-            self.rotating = rotating
-            self._point()
+        if rotating == self.rotating:
+            return False
+        self.rotating = rotating
+        self._point()
+        return True
 
     def rotate(self):
         """After finish_update(): the updated copy becomes ``params``, the next slot set ``input``
