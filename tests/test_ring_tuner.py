@@ -75,6 +75,36 @@ def test_slow_drift_of_the_machine_does_not_mislead_it():
     assert modes[5_000:].mean() < 1.2 * probe_share(tuner) and tuner.switches <= 3
 
 
+def correlated_pace(seed, steps, correlation_steps=16, amplitude=0.06):
+    """1 + amplitude x an AR(1) process whose correlation decays over ``correlation_steps`` steps:
+    noise as slow as a probe's 16-step blocks, which interleaving cannot average out."""
+    rng = np.random.default_rng(seed + 1000)
+    a = np.exp(-1 / correlation_steps)
+    shocks = rng.standard_normal(steps) * np.sqrt(1 - a * a)
+    z = np.zeros(steps)
+    for k in range(1, steps):
+        z[k] = a * z[k - 1] + shocks[k]
+    return 1 + amplitude * z
+
+
+def test_noise_within_a_probe_does_not_put_it_on_the_ring():
+    """In place is 3.5% faster, but the machine's pace wanders by +-6% over ~16 steps.  With a 1%
+    margin in both directions some probes see the ring ahead and keep it until the next probe; a
+    switch to the ring needs a 5% win (where the ring pays it wins ~20%)."""
+    steps, seeds = 20_000, range(10)
+    machines = [(seed, correlated_pace(seed, steps)) for seed in seeds]
+
+    def switches(**settings):
+        counts = []
+        for seed, pace in machines:
+            tuner = RingTuner(**settings)
+            simulate(tuner, lambda step, rotating: (1.48 if rotating else 1.43) * 1e-3 * pace[step], steps, seed=seed)
+            counts.append(tuner.switches)
+        return counts
+    assert switches() == [1] * len(seeds)                  # one switch to in place, never back to the ring
+    assert max(switches(ring_margin=0.01)) > 1             # the same noise misleads a symmetric 1% margin
+
+
 @pytest.mark.parametrize("swing", [0.0, 0.12])
 def test_time_spent_probing_the_wrong_mode_is_small(swing):
     """Cost of the tuner where the ring is the right choice and in place 25% slower, also when the
@@ -90,7 +120,7 @@ def test_time_spent_probing_the_wrong_mode_is_small(swing):
 
 @pytest.mark.parametrize("arguments", [dict(rounds=0), dict(settle=16, block=16), dict(settle=-1),
                                        dict(min_period=0), dict(min_period=9000, max_period=8192),
-                                       dict(margin=1.0), dict(jump=0)])
+                                       dict(margin=1.0), dict(ring_margin=-0.1), dict(jump=0)])
 def test_rejects_settings_that_cannot_work(arguments):
     with pytest.raises(ValueError, match="RingTuner needs"):
         RingTuner(**arguments)
