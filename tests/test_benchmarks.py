@@ -46,6 +46,20 @@ def test_roofline(tmp_path):
     assert result["probe"]["shared_s"] > 0 and "fraction of" in out
 
 
+def test_step_budget(tmp_path):
+    compare = tmp_path / "compare_run1.json"
+    compare.write_text(json.dumps({"rates": {"chainermn@2": [100_000.0, 120_000.0, 110_000.0]}}))
+    out = bench("step_budget.py", "--blocks", "2", "--steps", "5", "--repeats", "5", "--compare", str(compare),
+                "--json", str(tmp_path / "b.json"))
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert set(result["median_ms"]) == {"step", "skeleton", "gemms", "exchange", "rest", "rest_one_process"}
+    assert all(len(result["job"][loop]) == 2 for loop in ("step", "skeleton", "gemms"))
+    assert result["median_ms"]["gemms"] > 0 and result["median_ms"]["step"] > result["median_ms"]["gemms"]
+    # 1.7 x the median ChainerMN rate (110k) needs 256 / 187k s per step
+    assert result["target"]["needed_step_ms"] == pytest.approx(1e3 * 256 / (1.7 * 110_000))
+    assert "| the step (Trainer.train_step) |" in out and "needs a step of" in out
+
+
 def test_blas_kernels(tmp_path):
     out = bench("blas_kernels.py", "--rows", "32", "--rounds", "2", "--repeats", "5", "--kernels", "Haswell",
                 "NoSuchCore", "--json", str(tmp_path / "k.json"))
