@@ -21,6 +21,7 @@ benchmark) are also listed separately: like compared with like.
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -62,6 +63,25 @@ def available_systems():
     return systems, missing
 
 
+def done(values):
+    """The values of the runs that did not fail (a failed run is None, so rounds stay aligned)."""
+    return [v for v in values if v is not None]
+
+
+def run_with_retry(run, label: str, failures: list):
+    """A peer's run that crashes (gloo has been seen to abort at exit: 'terminate called without an
+    active exception') is run again once; if it fails again the round has no figure for it."""
+    for attempt in (1, 2):
+        try:
+            return run()
+        except (RuntimeError, subprocess.TimeoutExpired) as error:
+            reason = next((line for line in str(error).splitlines()[1:] if line.strip()), str(error).splitlines()[0])
+            print(f"{label} failed ({reason.strip()[:160]}); {'retrying once' if attempt == 1 else 'no figure'}",
+                  flush=True)
+            failures.append({"run": label.strip(), "attempt": attempt, "error": str(error)[-1500:]})
+    return None
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2])
@@ -80,6 +100,7 @@ def main():
     probes = {(name, w): [] for name in systems for w in args.worlds if w > 1}   # before each run, per round
     ratios = {(name, w): [] for name in systems if name != "ddp_edf" for w in args.worlds}
     names = list(systems)
+    failures = []
     for round_index in range(args.rounds):
         order = names[round_index % len(names):] + names[:round_index % len(names)]
         for world in args.worlds:
@@ -90,14 +111,17 @@ def main():
                     probes[(name, world)].append(common.launch_mpi(
                         sys.executable, str(WORKERS / "state_probe.py"), world, [])["allreduce_ms"])
                     probe = f"  (Allreduce probe {probes[(name, world)][-1]:.2f} ms)"
-                result = systems[name](world, args.batch, args.seconds)
-                this_round[name] = result["samples_per_s"]
-                rates[(name, world)].append(result["samples_per_s"])
-                print(f"round {round_index + 1} W={world} {name:12s} {result['samples_per_s']:>10,.0f} samples/s"
-                      f"{probe}", flush=True)
-            for name in this_round:
+                label = f"round {round_index + 1} W={world} {name:12s}"
+                result = run_with_retry(lambda: systems[name](world, args.batch, args.seconds), label, failures)
+                rate = result["samples_per_s"] if result else None
+                this_round[name] = rate
+                rates[(name, world)].append(rate)
+                if rate is not None:
+                    print(f"{label} {rate:>10,.0f} samples/s{probe}", flush=True)
+            for name in this_round:   # None where either run failed twice: rounds stay aligned with probes
                 if name != "ddp_edf" and "ddp_edf" in this_round:
-                    ratios[(name, world)].append(this_round["ddp_edf"] / this_round[name])
+                    both = this_round["ddp_edf"] is not None and this_round[name] is not None
+                    ratios[(name, world)].append(this_round["ddp_edf"] / this_round[name] if both else None)
 
     print(f"\n{common.machine_summary()}; data: {common.data_source()}; global batch {args.batch}; "
           f"1 BLAS thread per rank; median [min-max] of {args.rounds} runs\n")
@@ -105,8 +129,9 @@ def main():
           + " | ".join(f"ddp_edf / system, W = {w}" for w in args.worlds) + " |")
     print("|---|" + "---:|" * (2 * len(args.worlds)))
     for name in names:
-        cells = [common.fmt_rate(rates[(name, w)]) for w in args.worlds]
-        cells += ["-" if name == "ddp_edf" else f"{statistics.median(ratios[(name, w)]):.2f}x" for w in args.worlds]
+        cells = [common.fmt_rate(done(rates[(name, w)])) if done(rates[(name, w)]) else "failed" for w in args.worlds]
+        cells += ["-" if name == "ddp_edf" else f"{statistics.median(done(ratios[(name, w)])):.2f}x"
+                  if done(ratios[(name, w)]) else "-" for w in args.worlds]
         print(f"| {name} | " + " | ".join(cells) + " |")
     for world in sorted({w for (_, w) in probes}):
         fastest = min(min(v) for (n, w), v in probes.items() if w == world and v)
@@ -114,21 +139,26 @@ def main():
         print(f"\nW={world}, rounds in which both runs began in the normal state (Allreduce probe < 1.5 x "
               f"{fastest:.2f} ms):")
         for name in names:
-            if name != "ddp_edf" and ratios.get((name, world)) and "ddp_edf" in normal:
-                kept = sorted(r for r, a, b in zip(ratios[(name, world)], normal["ddp_edf"], normal[name]) if a and b)
+            if name != "ddp_edf" and done(ratios.get((name, world), [])) and "ddp_edf" in normal:
+                kept = sorted(r for r, a, b in zip(ratios[(name, world)], normal["ddp_edf"], normal[name])
+                              if a and b and r is not None)
                 summary = f"median {statistics.median(kept):.2f}x ({' '.join(f'{r:.2f}' for r in kept)})" if kept \
                     else "none"
                 print(f"  ddp_edf / {name}: {len(kept)} of {len(normal[name])} rounds, {summary}")
     if "ddp_edf" in systems and len(args.worlds) > 1:
         w0, w1 = args.worlds[0], args.worlds[1]
-        print(f"\nddp_edf scaling W={w1} / W={w0}: "
-              f"{statistics.median(rates[('ddp_edf', w1)]) / statistics.median(rates[('ddp_edf', w0)]):.2f}x")
+        if done(rates[("ddp_edf", w0)]) and done(rates[("ddp_edf", w1)]):
+            print(f"\nddp_edf scaling W={w1} / W={w0}: "
+                  f"{statistics.median(done(rates[('ddp_edf', w1)])) / statistics.median(done(rates[('ddp_edf', w0)])):.2f}x")
+    if failures:
+        print(f"\n{len(failures)} failed run(s), each retried once: " + "; ".join(f["run"] for f in failures))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({
         "machine": common.machine_summary(), "data": common.data_source(), "batch": args.batch,
         "rates": {f"{n}@{w}": v for (n, w), v in rates.items()},
         "ratios": {f"ddp_edf/{n}@{w}": v for (n, w), v in ratios.items()},
-        "probes_allreduce_ms": {f"{n}@{w}": v for (n, w), v in probes.items()}, "missing": missing}, indent=1))
+        "probes_allreduce_ms": {f"{n}@{w}": v for (n, w), v in probes.items()}, "missing": missing,
+        "failures": failures}, indent=1))
 
 
 if __name__ == "__main__":

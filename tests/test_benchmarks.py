@@ -74,3 +74,26 @@ def test_time_to_accuracy_without_peers(tmp_path):
     curves = json.loads((tmp_path / "a.json").read_text())["curves"]
     assert len(curves["ddp_edf@2"][0]) == 2   # smoke: 2 epochs, one point each
     assert "| ddp_edf | 2 |" in out
+
+
+def test_a_crashing_run_is_retried_once_then_left_without_a_figure(capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from compare_torch_ddp import done, run_with_retry
+    crash = RuntimeError("torchrun ... failed (1):\nterminate called without an active exception\nmore")
+    attempts = []
+
+    def flaky():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise crash
+        return {"samples_per_s": 5.0}
+    failures = []
+    assert run_with_retry(flaky, "round 1 W=2 torch_ddp", failures) == {"samples_per_s": 5.0}
+    assert len(attempts) == 2 and [f["attempt"] for f in failures] == [1]
+    assert "terminate called without an active exception); retrying once" in capsys.readouterr().out
+
+    def broken():
+        raise crash
+    assert run_with_retry(broken, "round 2 W=2 torch_ddp", failures) is None
+    assert [f["attempt"] for f in failures] == [1, 1, 2] and "no figure" in capsys.readouterr().out
+    assert done([1.0, None, 3.0]) == [1.0, 3.0]
