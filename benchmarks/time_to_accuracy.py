@@ -58,6 +58,7 @@ def main():
     if not common.FASHION.is_dir():
         sys.exit("needs Fashion-MNIST: apt-get install dataset-fashion-mnist")
     systems = {"ddp_edf": lambda world: run_ddp_edf(world, args.config)}
+    torch_choice = None
     if common.venv_python("torch") and not args.no_torch:
         grid = []
         for pair in args.torch_grid:
@@ -67,6 +68,8 @@ def main():
             print(f"torch grid W=2 batch {batch} lr {lr}: {grid[-1][0]:.2f} s to {args.target:.0%}", flush=True)
         _, best_batch, best_lr = min(grid)
         print(f"torch: best batch {best_batch}, lr {best_lr}")
+        torch_choice = {"batch": best_batch, "lr": best_lr,
+                        "grid_seconds": {f"{b}:{lr}": (t if t != float("inf") else None) for t, b, lr in grid}}
         systems["torch_ddp"] = lambda world: run_torch(world, best_batch, best_lr, args.torch_epochs)
     else:
         print("skipping torch_ddp: not installed (benchmarks/setup_peers.sh torch)")
@@ -103,6 +106,7 @@ def main():
             print(f"W={world}: PyTorch DDP takes {b / a:.1f}x ddp_edf's time")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"machine": common.machine_summary(), "target": args.target,
+                                           "torch_choice": torch_choice,
                                            "curves": {f"{n}@{w}": c for (n, w), c in curves.items()}}, indent=1))
     if args.plot:
         plot(curves, args.target, args.plot)
