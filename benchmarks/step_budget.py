@@ -53,7 +53,8 @@ def _config(dataset: str, batch: int):
                               "dist.reduction=shared", "dist.ring_mb=0"])
 
 
-def _median_of_blocks(call, steps: int) -> float:
+def _median_step(call, steps: int) -> float:
+    """The median time of ``steps`` calls."""
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -78,8 +79,8 @@ def mpi_job(batch: int, blocks: int, steps: int):
 
     comm = make_comm("mpi")
     configure_blas_threads(comm.local_size)
-    name = comm.broadcast_obj(dataset_name() if comm.is_root else None)
-    trainer = Trainer(_config(name, batch), comm, CapturingReporter())
+    dataset = comm.broadcast_obj(dataset_name() if comm.is_root else None)
+    trainer = Trainer(_config(dataset, batch), comm, CapturingReporter())
     permutation = epoch_permutation(0, 0, len(trainer.dataset.train))
     batches = len(trainer.dataset.train) // batch
     counter = [0]
@@ -130,7 +131,7 @@ def mpi_job(batch: int, blocks: int, steps: int):
         return statistics.median(times)
 
     for call in loops.values():
-        _median_of_blocks(call, 100)             # warm-up
+        _median_step(call, 100)             # warm-up
     results = {name: [] for name in LOOPS}
     probes = []
     for block in range(blocks):
@@ -138,7 +139,7 @@ def mpi_job(batch: int, blocks: int, steps: int):
         order = LOOPS[block % 3:] + LOOPS[:block % 3]   # rotate which loop goes first
         for name in order:
             comm.comm.Barrier()
-            results[name].append(_median_of_blocks(loops[name], steps))
+            results[name].append(_median_step(loops[name], steps))
     if comm.is_root:
         common.emit({"probes": probes, **results})
 
