@@ -44,15 +44,6 @@ def _setup_path():
     sys.path.insert(0, str(common.BENCH / "workers"))
 
 
-def _config(dataset: str, batch: int):
-    from ddp_edf.config import load_config
-    return load_config(None, [f"data.dataset={dataset}", "data.dev_size=0", "model.kind=mlp",
-                              f"model.hidden=[{common.N_HIDDEN}]", "model.activation=relu", "optim.name=sgd",
-                              f"optim.lr={common.LR}", f"optim.momentum={common.MOMENTUM}",
-                              f"train.global_batch={batch}", "train.seed=0", "train.epochs=1000",
-                              "dist.reduction=shared", "dist.ring_mb=0"])
-
-
 def _median_step(call, steps: int) -> float:
     """The median time of ``steps`` calls."""
     times = []
@@ -75,12 +66,14 @@ def mpi_job(batch: int, blocks: int, steps: int):
     from ddp_edf.dist.threads import configure_blas_threads
     from ddp_edf.optim import SGD
     from ddp_edf.trainer import StepTimes, Totals, Trainer
-    from ddp_edf_worker import CapturingReporter, dataset_name
+    from ddp_edf_worker import CapturingReporter, benchmark_config, dataset_name
 
     comm = make_comm("mpi")
     configure_blas_threads(comm.local_size)
     dataset = comm.broadcast_obj(dataset_name() if comm.is_root else None)
-    trainer = Trainer(_config(dataset, batch), comm, CapturingReporter())
+    # in place (no ring, no tuner): the same code in every block whatever the machine's state
+    trainer = Trainer(benchmark_config(dataset, batch, "dist.reduction=shared", "dist.ring_mb=0"), comm,
+                      CapturingReporter())
     permutation = epoch_permutation(0, 0, len(trainer.dataset.train))
     batches = len(trainer.dataset.train) // batch
     counter = [0]

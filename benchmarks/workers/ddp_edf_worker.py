@@ -61,6 +61,17 @@ def dataset_name() -> str:
     return f"idx:{folder}"
 
 
+def benchmark_config(dataset: str, batch: int, *overrides: str):
+    """The benchmark's model, optimizer and batch as a ddp_edf config (plus ``overrides``, e.g. levers)."""
+    return load_config(None, [f"data.dataset={dataset}", "data.dev_size=0", "model.kind=mlp",
+                              f"model.hidden=[{common.N_HIDDEN}]", "model.activation=relu", "optim.name=sgd",
+                              f"optim.lr={common.LR}", f"optim.momentum={common.MOMENTUM}",
+                              f"train.global_batch={batch}", "train.seed=0", "train.epochs=1000",
+                              "train.drop_last=true",  # every step a full batch, as in the peers' loops
+                              "log.every=1000000000", "dist.check_every=0", "checkpoint.every_steps=0",
+                              *overrides])
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=256)
@@ -73,13 +84,7 @@ def main():
         name = dataset_name()
     name = comm.broadcast_obj(name if comm.is_root else None)
     threads = configure_blas_threads(comm.local_size)
-    config = load_config(None, [f"data.dataset={name}", "data.dev_size=0", "model.kind=mlp",
-                                f"model.hidden=[{common.N_HIDDEN}]", "model.activation=relu", "optim.name=sgd",
-                                f"optim.lr={common.LR}", f"optim.momentum={common.MOMENTUM}",
-                                f"train.global_batch={args.batch}", "train.seed=0", "train.epochs=1000",
-                                "train.drop_last=true",  # every step a full batch, as in the peers' loops
-                                "log.every=1000000000", "dist.check_every=0", "checkpoint.every_steps=0",
-                                *args.set])
+    config = benchmark_config(name, args.batch, *args.set)
     reporter = CapturingReporter()
     trainer = Trainer(config, comm, reporter)
     trainer.total_steps = args.warmup

@@ -45,14 +45,18 @@ class RingTuner:
         self.rounds, self.block, self.settle, self.jump = rounds, block, settle, jump
         self.margin, self.ring_margin = margin, ring_margin
         self.min_period, self.max_period = min_period, max_period
-        self.rotating = True      # start with the ring: the safe mode when cores are slow to share
         self.period = block       # the first probe comes at once
         self.switches = 0
-        self._current = True      # the mode being exploited (rotating flips back and forth while probing)
-        self._step = 0            # steps since the current exploit phase began
-        self._times = {True: [], False: []}
+        self._current = True      # the mode being exploited, first the ring: the safe mode when cores are
+                                  # slow to share (``rotating`` flips back and forth while probing)
         self._reference = None    # the chosen mode's median step time at the last verdict
-        self._recent = []         # exploit-phase step times (in place) since the last check against it
+        self._begin_exploit()
+
+    def _begin_exploit(self):
+        self.rotating = self._current
+        self._step = 0            # steps since the current exploit phase began
+        self._times = {True: [], False: []}   # probe step times by mode
+        self._recent = []         # exploit-phase step times (in place) since the last check against the reference
 
     @property
     def probing(self) -> bool:
@@ -88,7 +92,4 @@ class RingTuner:
         else:                                     # it is not: look again later
             self.period = min(max(2 * self.period, self.min_period), self.max_period)
             self._reference = current
-        self.rotating = self._current
-        self._step = 0
-        self._times = {True: [], False: []}
-        self._recent = []
+        self._begin_exploit()
