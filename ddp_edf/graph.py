@@ -93,6 +93,10 @@ class Input(Node):
         if self.needs_grad:
             super().addgrad_matmul(a, b)
 
+    def addgrad_product(self, a, b):
+        if self.needs_grad:
+            super().addgrad_product(a, b)
+
 
 class Parameter(Node):
     """A trained array with no batch index.  Its name (``fc0.W``) is stable: checkpoints key on it."""
@@ -134,6 +138,13 @@ class CompNode(Node):
     def ones(self, n: int, dtype) -> np.ndarray:
         """A vector of n ones owned by this node (sums over an axis are GEMVs with it)."""
         return self.buffer("ones", (n,), dtype, fill=1)
+
+    def arange(self, n: int) -> np.ndarray:
+        """0, 1, ..., n - 1, owned by this node (row indices for picking one entry per row)."""
+        rows = self._buffers.get("arange")
+        if rows is None or len(rows) != n:
+            rows = self._buffers["arange"] = np.arange(n)
+        return rows
 
     def shape_error(self, message: str) -> ShapeError:
         shapes = ", ".join(f"{node.describe()}" for node in self.inputs)
@@ -177,6 +188,7 @@ class Graph:
         self.nodes = topological_order(self.outputs)
         self.comp_nodes = [n for n in self.nodes if isinstance(n, CompNode)]
         self.parameters = [n for n in self.nodes if isinstance(n, Parameter)]
+        self.inputs_with_grad = [n for n in self.nodes if isinstance(n, Input) and n.needs_grad]
         self._check_unique_names()
         self._pack_parameters()
         self._backward_orders: dict[int, list[CompNode]] = {}
@@ -299,10 +311,9 @@ class Graph:
         for node in order:
             node.grad = node.buffer("grad", np.shape(node.value), node.value.dtype)
             node._grad_is_zero = True
-        for node in self.nodes:
-            if isinstance(node, Input) and node.needs_grad:
-                node.grad = np.zeros_like(node.value, dtype=self.dtype)
-                node._grad_is_zero = True
+        for node in self.inputs_with_grad:
+            node.grad = np.zeros_like(node.value, dtype=self.dtype)
+            node._grad_is_zero = True
         loss.grad[...] = grad_scale
         loss._grad_is_zero = False
         for node in reversed(order):

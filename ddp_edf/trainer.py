@@ -213,8 +213,10 @@ class Trainer:
             t3 = time.perf_counter()
             local_loss += totals.add(model.loss.value, model.errors.value)
             first = False
-            for phase, dt in zip(("data", "forward", "backward"), (t1 - t0, t2 - t1, t3 - t2)):
-                times.seconds[phase] += dt
+            seconds = times.seconds
+            seconds["data"] += t1 - t0
+            seconds["forward"] += t2 - t1
+            seconds["backward"] += t3 - t2
         if first:
             graph.grads.fill(0)  # DDP: an empty shard (short last batch, B < W) still joins the Allreduce
         self.local_flags[0] = 0.0 if math.isfinite(local_loss) else 1.0   # DDP: summed: every rank learns of it
@@ -224,9 +226,10 @@ class Trainer:
         reducer = self.reducer
         reducer.reduce()  # DDP: ONE sum over ranks of the gradients and the flags
         t5 = time.perf_counter()
-        finite = self.total_flags[0] == 0  # identical on every rank after the reduction
-        self.stop_agreed = bool(self.total_flags[1] > 0)
-        if reducer.set_rotating(self.total_flags[2] > 0):  # DDP: every rank follows rank 0's vote
+        non_finite, stops, ring_votes = self.total_flags.tolist()  # identical on every rank after the reduction
+        finite = non_finite == 0
+        self.stop_agreed = stops > 0
+        if reducer.set_rotating(ring_votes > 0):  # DDP: every rank follows rank 0's vote
             self._use_step_buffers()                        # the update's output moved
         if finite:
             self.optimizer.step(self._lr())

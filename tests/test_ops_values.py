@@ -164,6 +164,18 @@ def test_labels_out_of_range_are_reported():
         run(loss)
 
 
+@pytest.mark.parametrize("dtype", ["<i8", ">i4", "i1", "<u2"])
+def test_negative_or_too_large_labels_are_reported_for_any_integer_type(dtype):
+    """The range check reads labels as unsigned (one reduction): a negative one must still be caught,
+    whatever the width and byte order, and valid ones must pass."""
+    for op in (SoftmaxCrossEntropy, ErrorRate):
+        assert run(op(Input("s", np.zeros((3, 4))), Input("y", np.array([0, 3, 1], dtype)))).shape == (3,)
+        bad = [[2, 4, 0]] + ([[0, -1, 2]] if np.dtype(dtype).kind == "i" else [])
+        for labels in bad:
+            with pytest.raises(ShapeError, match=r"labels must lie in \[0, 4\)"):
+                run(op(Input("s", np.zeros((3, 4))), Input("y", np.array(labels, dtype))))
+
+
 def test_labels_count_must_match_batch():
     loss = SoftmaxCrossEntropy(Input("s", np.zeros((2, 3))), Input("y", np.array([0, 1, 2])))
     with pytest.raises(ShapeError, match="labels must be"):
