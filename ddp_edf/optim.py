@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from .axpby import Axpby, find_blas_axpby
+
 
 class Optimizer:
     """Common shape of SGD and Adam: ``step(lr)`` updates ``params`` in place from ``grads``."""
@@ -73,7 +75,8 @@ class SGD(Optimizer):
         d = g + mu v  (Nesterov)   or   d = v
         Phi <- Phi - eta d
 
-    With mu = 0 and wd = 0 this is exactly the lecture's Phi <- Phi - eta grad.
+    With mu = 0 and wd = 0 this is exactly the lecture's Phi <- Phi - eta grad.  Each line that is
+    a multiply-add over the model runs as one BLAS ?axpby pass where NumPy would need two (axpby.py).
     """
 
     def __init__(self, params, grads, momentum: float = 0.0, nesterov: bool = False,
@@ -85,29 +88,40 @@ class SGD(Optimizer):
         self.velocity = np.zeros_like(params)
         self._nesterov_term = np.empty_like(params) if nesterov else None
         self.state_names = ("velocity",) if momentum else ()
+        self._kernel = find_blas_axpby(params.dtype)
+        g = self._scratch if weight_decay else self.grads     # where g is when step() needs it
+        self._direction = self._nesterov_term if nesterov else self.velocity if momentum else g
+        self._velocity_update = Axpby(g, self.velocity, self._kernel, self._scratch)
+        self._nesterov_update = Axpby(self.velocity, self._nesterov_term, self._kernel, self._scratch) \
+            if nesterov else None
+        self._updates_by_output: dict[int, Axpby] = {}
+        self._bind_output()
+
+    def retarget(self, params, out):
+        super().retarget(params, out)
+        self._bind_output()
+
+    def _bind_output(self):
+        self._in_place = np.may_share_memory(self.params, self.out)
+        # A ring of copies retargets every step: one Axpby per copy, found by the copy's address
+        # (each holds its copy, so an address cannot be reused while it is cached)
+        address = self.out.__array_interface__["data"][0]
+        update = self._updates_by_output.get(address)
+        if update is None or update.y.shape != self.out.shape:
+            update = self._updates_by_output[address] = Axpby(self._direction, self.out, self._kernel,
+                                                               self._scratch)
+        self._parameter_update = update
 
     def step(self, lr: float):
-        # Four passes over the model for momentum SGD without decay (grads are left as they are):
-        # v *= mu, v += g, d * eta into scratch, Phi -= scratch.
-        scratch = self._scratch
-        if self.weight_decay:
-            g = self._gradient_with_decay()     # g = grad + wd Phi, in scratch
-        else:
-            g = self.grads
-        d = g
+        g = self._gradient_with_decay() if self.weight_decay else self.grads   # g = grad + wd Phi
         if self.momentum:
-            v = self.velocity
-            v *= self.momentum
-            v += g                              # v <- mu v + g
+            self._velocity_update(1.0, self.momentum)          # v <- mu v + g
             if self.nesterov:
-                term = self._nesterov_term
-                np.multiply(v, self.momentum, out=term)
-                term += g                       # d = g + mu v
-                d = term
-            else:
-                d = v                           # d = v
-        np.multiply(d, lr, out=scratch)
-        np.subtract(self.params, scratch, out=self.out)   # Phi <- Phi - eta d
+                np.copyto(self._nesterov_term, g)
+                self._nesterov_update(self.momentum)           # d = g + mu v
+        if not self._in_place:   # a ring of parameter copies: Phi moves to the next one, updated there
+            np.copyto(self.out, self.params)
+        self._parameter_update(-lr)                            # Phi <- Phi - eta d
         self.steps_taken += 1
 
 

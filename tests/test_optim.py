@@ -24,6 +24,14 @@ def run(optimizer_class, lrs=(0.1, 0.1, 0.05, 0.05), **options):
     return history, optimizer
 
 
+@pytest.fixture(params=["blas", "numpy"])
+def axpby_way(request, monkeypatch):
+    """SGD's multiply-adds through OpenBLAS's axpby (where NumPy has it) and through NumPy's passes."""
+    if request.param == "numpy":
+        monkeypatch.setattr("ddp_edf.optim.find_blas_axpby", lambda dtype: None)
+    return request.param
+
+
 def scalar_reference(update):
     """Apply ``update(p, g, lr, state, t)`` entry by entry with plain Python floats."""
     history, states = [], [dict() for _ in START]
@@ -34,13 +42,13 @@ def scalar_reference(update):
     return history
 
 
-def test_plain_sgd_is_the_lectures_rule():
+def test_plain_sgd_is_the_lectures_rule(axpby_way):
     history, _ = run(SGD)
     expected = scalar_reference(lambda p, g, lr, s, t: p - lr * g)
     np.testing.assert_allclose(history, expected, rtol=1e-15)
 
 
-def test_sgd_momentum():
+def test_sgd_momentum(axpby_way):
     def update(p, g, lr, s, t):
         s["v"] = 0.9 * s.get("v", 0.0) + g
         return p - lr * s["v"]
@@ -48,7 +56,12 @@ def test_sgd_momentum():
     np.testing.assert_allclose(history, scalar_reference(update), rtol=1e-14)
 
 
-def test_sgd_nesterov_with_weight_decay():
+def test_sgd_weight_decay_without_momentum(axpby_way):
+    history, _ = run(SGD, weight_decay=0.01)
+    np.testing.assert_allclose(history, scalar_reference(lambda p, g, lr, s, t: p - lr * (g + 0.01 * p)), rtol=1e-14)
+
+
+def test_sgd_nesterov_with_weight_decay(axpby_way):
     def update(p, g, lr, s, t):
         g = g + 0.01 * p
         s["v"] = 0.9 * s.get("v", 0.0) + g
@@ -83,7 +96,7 @@ def test_optimizer_state_round_trip_continues_identically():
     np.testing.assert_array_equal(params, full[-1])
 
 
-def test_float32_step_stays_float32_in_place():
+def test_float32_step_stays_float32_in_place(axpby_way):
     params, grads = np.ones(4, np.float32), np.full(4, 0.5, np.float32)
     buffer_id = id(params)
     SGD(params, grads, momentum=0.9, nesterov=True, weight_decay=1e-4).step(0.1)
