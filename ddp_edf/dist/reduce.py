@@ -32,8 +32,9 @@ Two ways, same result (the sum of every rank's buffer, on every rank):
   gradients to slot set t, the update writes copy t + 1, and ``rotate()`` moves on.  By the time a
   set comes round again, the other cores have long evicted it (depth x set size >= ring_bytes:
   dist.ring_mb = 64 MiB by default, twice a 32 MB L3, but at most half of the free /dev/shm).
-  Measured on the development VM: 20% faster steps in its slow state, ~2-4% slower in its normal
-  one (docs/performance.md).  Same arithmetic, same bits.  ``set_rotating(False)`` pauses the ring
+  Measured on the development VM: 13-20% faster steps in its slow state, 3-10% slower in its
+  normal one (the larger cost since the optimizer's one-pass update, which in place gains most
+  from; docs/performance.md).  Same arithmetic, same bits.  ``set_rotating(False)`` pauses the ring
   for a step (the update writes ``params`` in place, the next step reuses the slot set), so a
   tuner can pick, step by step, whichever mode the machine currently favours (ring_tuner.py).
 

@@ -11,8 +11,9 @@ does for its knobs, rank 0 times its steps and every so often tries the other mo
     verdict  the other mode's median step time < (1 - margin) x the current mode's: switch, and
              ``period`` back to its minimum; else stay, and ``period`` doubles (up to ``max_period``).
              The margin is ``margin`` (1%) to pause the ring and ``ring_margin`` (5%) to resume it:
-             where the ring pays it saves ~20% (0.76-0.83x in place's step time in 84 probes
-             during slow spells), where it does not it costs 2-6% (10 probes), so a ring verdict
+             where the ring pays it saves 13-20% (0.76-0.83x in place's step time in 84 probes
+             during slow spells; 0.87x since the optimizer's one-pass update), where it does not
+             it costs 2-6% (10 probes; ~10% since that update), so a ring verdict
              needs a clear win; with 1% a little noise in one probe put a job on the ring in the
              normal state until the next probe (1024 steps at +4%, once in a 5000-step job).
     early    while in place, ``2 block`` steps whose median is > (1 + jump) x in place's median at
