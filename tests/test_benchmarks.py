@@ -66,6 +66,28 @@ def test_step_budget(tmp_path):
     assert "| the step (Trainer.train_step) |" in out and "needs a step of" in out
 
 
+def test_ab_trainer_runs_a_git_revision_against_the_working_tree(tmp_path):
+    out = bench("ab_trainer.py", "--rev", "HEAD", "--blocks", "2", "--steps", "5", "--set", "dist.ring_mb=0",
+                "--json", str(tmp_path / "ab.json"))
+    result = json.loads((tmp_path / "ab.json").read_text())
+    assert len(result["job"]["old"]) == len(result["job"]["new"]) == len(result["job"]["probes"]) == 2
+    ratios = [o / n for o, n in zip(result["job"]["old"], result["job"]["new"])]
+    assert result["summary"]["ratio_all"] == pytest.approx(sum(ratios) / 2)   # the median of two
+    assert "old = ddp_edf at HEAD" in out and "old / new per block" in out
+
+
+def test_ab_trainer_summary_splits_blocks_by_the_probed_state():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from ab_trainer import summary
+    job = {"probes": [0.12e-3, 0.45e-3, 0.13e-3, 0.44e-3, 0.12e-3],
+           "old": [1.30, 1.60, 1.32, 1.70, 1.28], "new": [1.25, 1.70, 1.20, 1.60, 1.28]}
+    result = summary(job)
+    assert result["blocks_normal"] == 3 and result["blocks_slow"] == 2
+    assert result["ratio_normal"] == pytest.approx(1.30 / 1.25)          # median of 1.04, 1.10, 1.00
+    assert result["ratio_slow"] == pytest.approx((1.60 / 1.70 + 1.70 / 1.60) / 2)
+    assert result["new_faster_blocks"] == 3 and result["old_ms"] == pytest.approx(1320.0)
+
+
 def test_blas_kernels(tmp_path):
     out = bench("blas_kernels.py", "--rows", "32", "--rounds", "2", "--repeats", "5", "--kernels", "Haswell",
                 "NoSuchCore", "--json", str(tmp_path / "k.json"))
