@@ -73,3 +73,20 @@ def test_sgd_momentum_runs_on_blas_and_a_ring_of_copies_gives_the_same_bits():
     assert in_place._parameter_update.uses_blas == numpy_uses_openblas()
     np.testing.assert_array_equal(copies[len(gradients) % 3], in_place_params)
     np.testing.assert_array_equal(ring.velocity, in_place.velocity)
+
+
+def test_the_result_does_not_depend_on_where_the_vectors_sit_in_memory():
+    """The ring's copies sit at other offsets (alignments) than the in-place vector: a kernel that
+    peeled elements for alignment could round them differently, and ring and in place would part."""
+    rng = np.random.default_rng(1)
+    x0, y0 = (rng.standard_normal(10_007).astype(np.float32) for _ in range(2))
+    kernel = find_blas_axpby(np.float32)
+    results = []
+    for offset_x in (0, 3, 8):
+        for offset_y in range(16):
+            x = np.empty(10_040, np.float32)[offset_x:offset_x + 10_007]
+            y = np.empty(10_040, np.float32)[offset_y:offset_y + 10_007]
+            x[:], y[:] = x0, y0
+            Axpby(x, y, kernel)(-0.05, 1.0)
+            results.append(y.copy())
+    assert all(np.array_equal(results[0], r) for r in results)
