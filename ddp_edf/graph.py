@@ -245,6 +245,17 @@ class Graph:
         for p, segment in self._segments(storage):
             p.value = segment
 
+    def views(self):
+        """The flat buffers in use and every parameter's views into them, for ``restore_views``: a
+        caller that switches among a few buffers (a ring) keeps these instead of slicing again."""
+        return self.params, self.grads, tuple((p, p.value, p.grad) for p in self.parameters)
+
+    def restore_views(self, views):
+        """Use again the buffers and views that ``views()`` returned."""
+        self.params, self.grads, parameters = views
+        for p, value, grad in parameters:
+            p.value, p.grad = value, grad
+
     def _adopt(self, storage: np.ndarray, current: np.ndarray, what: str, copy_values: bool) -> np.ndarray:
         """``storage`` checked to replace the flat array ``current`` (and filled from it if asked)."""
         if storage.shape != current.shape or storage.dtype != self.dtype:

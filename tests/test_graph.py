@@ -129,3 +129,21 @@ def test_step_allocates_no_new_buffers_when_warm():
     model.graph.forward()
     model.graph.backward(model.loss, 0.25)
     assert id(hidden.value) == value_id and id(hidden.grad) == grad_id
+
+
+def test_views_can_be_restored_after_moving_to_other_buffers():
+    """What the trainer does with a ring of buffers: move, remember, come back without slicing again."""
+    model = build_model("mlp", 6, 3, hidden=[4], seed=1)
+    graph = model.graph
+    first = graph.views()
+    other_params, other_grads = graph.params.copy() + 1, np.zeros_like(graph.grads)
+    graph.params_into(other_params)
+    graph.grads_into(other_grads)
+    W = graph.parameter("fc0.W")
+    assert np.shares_memory(W.value, other_params) and np.shares_memory(W.grad, other_grads)
+    second = graph.views()
+    graph.restore_views(first)
+    assert graph.params is first[0] and graph.grads is first[1]
+    assert all(p.value is value and p.grad is grad for p, value, grad in first[2])
+    graph.restore_views(second)
+    assert graph.params is other_params and np.shares_memory(W.value, other_params)

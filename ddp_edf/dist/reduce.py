@@ -60,6 +60,7 @@ class InPlaceAllreduce:
     kind = "allreduce"
     params = next_params = None   # every rank keeps its own parameters and updates all of them
     depth = 1
+    turn = 0          # no ring: always the same buffers
     rotating = False
 
     def __init__(self, comm, size: int, dtype, tail: int = 0):
