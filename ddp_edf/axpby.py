@@ -62,7 +62,7 @@ def find_blas_axpby(dtype):
 class Axpby:
     """``y <- a x + b y`` for two fixed vectors of the same shape (y in place): one pass through
     ``kernel`` (from ``find_blas_axpby``) when it applies, else two NumPy passes, ``a x`` through
-    ``scratch`` (an array like x that the caller does not need meanwhile)."""
+    ``scratch`` (an array like x that the caller does not need meanwhile; a new one if not given)."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, kernel=None, scratch: np.ndarray | None = None):
         if x.shape != y.shape or x.dtype != y.dtype:
@@ -72,6 +72,8 @@ class Axpby:
         fits = (kernel is not None and x.ndim == 1 and x.flags.c_contiguous and y.flags.c_contiguous
                 and y.flags.writeable and not np.may_share_memory(x, y))
         self.kernel = kernel if fits else None
+        if not fits and scratch is None:
+            self.scratch = np.empty_like(x)
         # raw addresses once, here: reading .ctypes.data costs ~1 us, a step's whole update ~50
         self._arguments = (x.size, x.ctypes.data, y.ctypes.data) if fits else None
 

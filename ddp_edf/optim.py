@@ -94,7 +94,6 @@ class SGD(Optimizer):
         self._velocity_update = Axpby(g, self.velocity, self._kernel, self._scratch)
         self._nesterov_update = Axpby(self.velocity, self._nesterov_term, self._kernel, self._scratch) \
             if nesterov else None
-        self._updates_by_output: dict[int, Axpby] = {}
         self._bind_output()
 
     def retarget(self, params, out):
@@ -103,14 +102,7 @@ class SGD(Optimizer):
 
     def _bind_output(self):
         self._in_place = np.may_share_memory(self.params, self.out)
-        # A ring of copies retargets every step: one Axpby per copy, found by the copy's address
-        # (each holds its copy, so an address cannot be reused while it is cached)
-        address = self.out.__array_interface__["data"][0]
-        update = self._updates_by_output.get(address)
-        if update is None or update.y.shape != self.out.shape:
-            update = self._updates_by_output[address] = Axpby(self._direction, self.out, self._kernel,
-                                                               self._scratch)
-        self._parameter_update = update
+        self._parameter_update = Axpby(self._direction, self.out, self._kernel, self._scratch)
 
     def step(self, lr: float):
         g = self._gradient_with_decay() if self.weight_decay else self.grads   # g = grad + wd Phi

@@ -51,6 +51,9 @@ def test_vectors_blas_cannot_take_fall_back_to_numpy():
     expected = 2.0 * base[::2] + base[1::2]
     strided(2.0)
     np.testing.assert_array_equal(base[1::2], expected)
+    without_scratch = Axpby(np.ones(4), np.ones(4))            # no kernel, no scratch given
+    without_scratch(-0.5, 2.0)
+    np.testing.assert_array_equal(without_scratch.y, np.full(4, 1.5))
     with pytest.raises(ValueError, match="one shape and dtype"):
         Axpby(np.ones(3, np.float32), np.ones(3), kernel)
 
