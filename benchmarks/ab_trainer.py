@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -64,32 +63,22 @@ def mpi_job(old_path: str, batch: int, blocks: int, steps: int, new_first: bool,
     counters = {"old": 0, "new": 0}
 
     def block(name: str, n: int) -> float:
+        """The median of n steps of one Trainer (each on the next batch of the epoch's order)."""
         trainer, module = trainers[name], packages[name]
-        totals, times, durations = module.Totals(), module.StepTimes(), []
-        for _ in range(n):
-            indices = global_batch(permutation, counters[name] % batches, batch)
-            start = time.perf_counter()
-            trainer.train_step(indices, times, totals)
-            durations.append(time.perf_counter() - start)
+        totals, times = module.Totals(), module.StepTimes()
+
+        def step():
+            trainer.train_step(global_batch(permutation, counters[name] % batches, batch), times, totals)
             counters[name] += 1
-        return statistics.median(durations)
+        return common.median_duration(step, n)
 
     probe_buffer = np.zeros(common.GRADIENT, np.float32)
-
-    def probe() -> float:
-        durations = []
-        for _ in range(5):
-            comm.comm.Barrier()
-            start = time.perf_counter()
-            comm.comm.Allreduce(comm.MPI.IN_PLACE, probe_buffer, op=comm.MPI.SUM)
-            durations.append(time.perf_counter() - start)
-        return statistics.median(durations)
 
     block("old", 100)
     block("new", 100)   # warm-up
     results, probes = {"old": [], "new": []}, []
     for k in range(blocks):
-        probes.append(probe())
+        probes.append(common.allreduce_probe(comm.comm, probe_buffer, comm.MPI))
         for name in (("old", "new") if k % 2 == 0 else ("new", "old")):
             comm.comm.Barrier()
             results[name].append(block(name, steps))
@@ -101,8 +90,8 @@ def summary(job: dict) -> dict:
     """Medians and the per-block ratios old / new, by the state each block pair began in."""
     fastest = min(job["probes"])
     ratios = [o / n for o, n in zip(job["old"], job["new"])]
-    by_state = {"normal": [r for r, p in zip(ratios, job["probes"]) if p < 1.5 * fastest],
-                "slow": [r for r, p in zip(ratios, job["probes"]) if p >= 1.5 * fastest]}
+    normal = [common.in_normal_state(p, fastest) for p in job["probes"]]
+    by_state = {"normal": [r for r, n in zip(ratios, normal) if n], "slow": [r for r, n in zip(ratios, normal) if not n]}
     return {"old_ms": 1e3 * statistics.median(job["old"]), "new_ms": 1e3 * statistics.median(job["new"]),
             "ratio_all": statistics.median(ratios), "new_faster_blocks": sum(r > 1 for r in ratios),
             "blocks": len(ratios),

@@ -184,6 +184,36 @@ class StepTimer:
         return probe + remaining, time.perf_counter() - start
 
 
+def median_duration(call, times: int) -> float:
+    """The median wall time of ``times`` calls of ``call()``."""
+    durations = []
+    for _ in range(times):
+        start = time.perf_counter()
+        call()
+        durations.append(time.perf_counter() - start)
+    return statistics.median(durations)
+
+
+def allreduce_probe(mpi_comm, buffer, MPI, repeats: int = 5) -> float:
+    """Inside an MPI job: the median time of an Allreduce of ``buffer`` (the gradient's size), the
+    machine-state indicator of workers/state_probe.py (~0.12 ms normal, ~0.45 ms slow on the dev VM)."""
+    def once():
+        mpi_comm.Barrier()
+        start = time.perf_counter()
+        mpi_comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
+        return time.perf_counter() - start
+    return statistics.median(once() for _ in range(repeats))
+
+
+NORMAL_STATE_FACTOR = 1.5
+
+
+def in_normal_state(probe: float, fastest: float) -> bool:
+    """The benchmarks' rule: a run or block began in the normal state if its Allreduce probe was
+    under 1.5 x the fastest probe of the whole benchmark."""
+    return probe < NORMAL_STATE_FACTOR * fastest
+
+
 def median_and_range(values):
     return statistics.median(values), min(values), max(values)
 

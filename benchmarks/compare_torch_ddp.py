@@ -135,7 +135,7 @@ def main():
         print(f"| {name} | " + " | ".join(cells) + " |")
     for world in sorted({w for (_, w) in probes}):
         fastest = min(min(v) for (n, w), v in probes.items() if w == world and v)
-        normal = {n: [p < 1.5 * fastest for p in v] for (n, w), v in probes.items() if w == world}
+        normal = {n: [common.in_normal_state(p, fastest) for p in v] for (n, w), v in probes.items() if w == world}
         print(f"\nW={world}, rounds in which both runs began in the normal state (Allreduce probe < 1.5 x "
               f"{fastest:.2f} ms):")
         for name in names:

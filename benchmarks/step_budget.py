@@ -44,16 +44,6 @@ def _setup_path():
     sys.path.insert(0, str(common.BENCH / "workers"))
 
 
-def _median_step(call, steps: int) -> float:
-    """The median time of ``steps`` calls."""
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def mpi_job(batch: int, blocks: int, steps: int):
     """Under mpiexec: the three loops in alternating blocks; rank 0 emits per-block medians."""
     _setup_path()
@@ -112,27 +102,17 @@ def mpi_job(batch: int, blocks: int, steps: int):
 
     loops = {"step": real_step, "skeleton": skeleton, "gemms": gemms}
     probe_buffer = np.zeros(common.GRADIENT, np.float32)
-    MPI = comm.MPI
-
-    def probe() -> float:
-        times = []
-        for _ in range(5):
-            comm.comm.Barrier()
-            start = time.perf_counter()
-            comm.comm.Allreduce(MPI.IN_PLACE, probe_buffer, op=MPI.SUM)
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
 
     for call in loops.values():
-        _median_step(call, 100)             # warm-up
+        common.median_duration(call, 100)             # warm-up
     results = {name: [] for name in LOOPS}
     probes = []
     for block in range(blocks):
-        probes.append(probe())
+        probes.append(common.allreduce_probe(comm.comm, probe_buffer, comm.MPI))
         order = LOOPS[block % 3:] + LOOPS[:block % 3]   # rotate which loop goes first
         for name in order:
             comm.comm.Barrier()
-            results[name].append(_median_step(loops[name], steps))
+            results[name].append(common.median_duration(loops[name], steps))
     if comm.is_root:
         common.emit({"probes": probes, **results})
 
@@ -217,7 +197,7 @@ def main():
                               threads=1, extra_env=env)
 
     fastest = min(job["probes"])
-    used = [k for k, p in enumerate(job["probes"]) if p < 1.5 * fastest]
+    used = [k for k, p in enumerate(job["probes"]) if common.in_normal_state(p, fastest)]
     blocks = used
 
     def med(name):
@@ -253,7 +233,7 @@ def main():
             # ChainerMN's rounds that began in the normal state (the comparison's own rule), like the blocks here
             fastest_probe = min((p for v in probes.values() for p in v), default=None)
             normal = [r for r, p in zip(rates, probes.get(f"chainermn@{args.world}", []))
-                      if r is not None and p < 1.5 * fastest_probe]
+                      if r is not None and common.in_normal_state(p, fastest_probe)]
             record["target"] = {"ratio": args.target}
             for label, values in (("all rounds", [r for r in rates if r is not None]), ("normal-state rounds", normal)):
                 if not values:
