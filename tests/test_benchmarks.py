@@ -88,6 +88,30 @@ def test_ab_trainer_summary_splits_blocks_by_the_probed_state():
     assert result["new_faster_blocks"] == 3 and result["old_ms"] == pytest.approx(1320.0)
 
 
+def test_overlap_probe_checks_both_reductions_sum_the_same_gradient(tmp_path):
+    out = bench("overlap_probe.py", "--rounds", "1", "--blocks", "2", "--steps", "3", "--world", "3",
+                "--json", str(tmp_path / "o.json"))
+    result = json.loads((tmp_path / "o.json").read_text())
+    assert set(result["summary"]) == {"test", "thread"} and result["world"] == 3   # 3 ranks: 256 rows do not split evenly
+    for mode, (run,) in result["jobs"].items():
+        assert run["same_gradient"] is True and len(run["probes"]) == 2
+        assert all(len(run["times"][loop]) == 2 and min(run["times"][loop]) > 0 for loop in ("blocking", "overlap", "none"))
+    assert "| test |" in out and "| thread |" in out
+
+
+def test_overlap_probe_summary_pools_every_block_of_every_job():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from overlap_probe import summary
+    jobs = {"test": [{"times": {"blocking": [1e-3, 3e-3], "overlap": [2e-3, 2e-3], "none": [1e-3, 1e-3]}},
+                     {"times": {"blocking": [2e-3, 2e-3], "overlap": [4e-3, 3e-3], "none": [1e-3, 1e-3]}}],
+            "thread": []}
+    result = summary(jobs)
+    assert set(result) == {"test"}                                   # a mode with no job has no row
+    assert result["test"]["median_ms"]["blocking"] == pytest.approx(2.0)   # median of 1, 3, 2, 2
+    assert result["test"]["median_ms"]["overlap"] == pytest.approx(2.5)    # median of 2, 2, 4, 3
+    assert result["test"]["overlap_vs_blocking"] == pytest.approx(1.25)
+
+
 def test_blas_kernels(tmp_path):
     out = bench("blas_kernels.py", "--rows", "32", "--rounds", "2", "--repeats", "5", "--kernels", "Haswell",
                 "NoSuchCore", "--json", str(tmp_path / "k.json"))
