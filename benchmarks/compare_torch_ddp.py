@@ -99,6 +99,7 @@ def main():
     rates = {(name, w): [] for name in systems for w in args.worlds}
     probes = {(name, w): [] for name in systems for w in args.worlds if w > 1}   # before each run, per round
     ratios = {(name, w): [] for name in systems if name != "ddp_edf" for w in args.worlds}
+    ring_share = {w: [] for w in args.worlds}   # ddp_edf: share of timed steps that rotated the buffer ring
     names = list(systems)
     failures = []
     for round_index in range(args.rounds):
@@ -116,6 +117,10 @@ def main():
                 rate = result["samples_per_s"] if result else None
                 this_round[name] = rate
                 rates[(name, world)].append(rate)
+                if name == "ddp_edf":
+                    ring_share[world].append(result.get("ring_rotating") if result else None)
+                    if world > 1 and ring_share[world][-1] is not None:
+                        probe += f", ring {100 * ring_share[world][-1]:.0f}% of steps"
                 if rate is not None:
                     print(f"{label} {rate:>10,.0f} samples/s{probe}", flush=True)
             for name in this_round:   # None where either run failed twice: rounds stay aligned with probes
@@ -158,6 +163,7 @@ def main():
         "rates": {f"{n}@{w}": v for (n, w), v in rates.items()},
         "ratios": {f"ddp_edf/{n}@{w}": v for (n, w), v in ratios.items()},
         "probes_allreduce_ms": {f"{n}@{w}": v for (n, w), v in probes.items()}, "missing": missing,
+        "ddp_edf_ring_rotating": {f"ddp_edf@{w}": v for w, v in ring_share.items()} if "ddp_edf" in systems else {},
         "failures": failures}, indent=1))
 
 

@@ -37,6 +37,10 @@ def test_compare_runs_the_numpy_systems(tmp_path):
     probes = result["probes_allreduce_ms"]
     assert set(probes) == {"ddp_edf@2", "handwritten@2"} and all(len(v) == 1 and v[0] > 0 for v in probes.values())
     assert "both runs began in the normal state" in out and "ddp_edf / handwritten: " in out
+    # the ring tuner's share of ddp_edf's timed steps, per round (one process has no ring)
+    shares = result["ddp_edf_ring_rotating"]
+    assert shares["ddp_edf@1"] == [0.0] and len(shares["ddp_edf@2"]) == 1 and 0 <= shares["ddp_edf@2"][0] <= 1
+    assert "% of steps" in out
 
 
 def test_roofline(tmp_path):

@@ -103,10 +103,12 @@ def main():
             step = record["step"]
     seconds = sum(n * args.batch / r["samples_per_s"] for n, r in intervals)
     breakdown = {k[:-3]: sum(n * r[k] for n, r in intervals) / steps for k in intervals[-1][1] if k.endswith("_ms")}
+    rotating = sum(n * r.get("ring_rotating", 0.0) for n, r in intervals) / steps   # the ring tuner's share
     if comm.is_root:
         common.emit({"system": "ddp_edf", "world": comm.world_size, "batch": args.batch, "steps": steps,
                      "samples_per_s": steps * args.batch / seconds, "threads": threads,
-                     "blas": common.blas_kernel(), "breakdown_ms": breakdown})
+                     "blas": common.blas_kernel(), "breakdown_ms": breakdown,
+                     "ring_rotating": rotating})
 
 
 if __name__ == "__main__":
