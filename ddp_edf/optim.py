@@ -123,6 +123,8 @@ class Adam(Optimizer):
         g = grad + wd Phi
         m <- b1 m + (1 - b1) g;     v <- b2 v + (1 - b2) g^2
         Phi <- Phi - eta (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
+    The two moment updates and the last line are multiply-adds, one BLAS ?axpby pass each, as in SGD.
     """
 
     state_names = ("m", "v")
@@ -133,27 +135,38 @@ class Adam(Optimizer):
         self.eps = eps
         self.m = np.zeros_like(params)
         self.v = np.zeros_like(params)
-        self._denominator = np.empty_like(params)
+        self._denominator = np.empty_like(params)    # holds g^2, then sqrt(v_hat) + eps, then the step
+        self._kernel = find_blas_axpby(params.dtype)
+        g = self._scratch if weight_decay else self.grads
+        # NumPy's fallback computes a x in the given scratch: x itself where x is not needed after
+        # (g^2; the step), never the caller's gradient buffer
+        self._v_update = Axpby(self._denominator, self.v, self._kernel, self._denominator)
+        self._m_update = Axpby(g, self.m, self._kernel, self._scratch)
+        self._bind_output()
+
+    def retarget(self, params, out):
+        super().retarget(params, out)
+        self._bind_output()
+
+    def _bind_output(self):
+        self._in_place = np.may_share_memory(self.params, self.out)
+        self._parameter_update = Axpby(self._denominator, self.out, self._kernel, self._denominator)
 
     def step(self, lr: float):
-        g = self._gradient_with_decay()
+        g = self._gradient_with_decay() if self.weight_decay else self.grads   # g = grad + wd Phi
         t = self.steps_taken + 1
-        g_squared = self._denominator
-        np.multiply(g, g, out=g_squared)
-        g_squared *= 1 - self.beta2
-        self.v *= self.beta2
-        self.v += g_squared                     # v <- b2 v + (1 - b2) g^2
-        g *= 1 - self.beta1
-        self.m *= self.beta1
-        self.m += g                             # m <- b1 m + (1 - b1) g
-        denominator = self._denominator
-        np.divide(self.v, 1 - self.beta2 ** t, out=denominator)
-        np.sqrt(denominator, out=denominator)
-        denominator += self.eps                 # sqrt(v_hat) + eps
-        update = g
-        np.divide(self.m, denominator, out=update)
-        update *= lr / (1 - self.beta1 ** t)    # eta m_hat / (sqrt(v_hat) + eps)
-        np.subtract(self.params, update, out=self.out)
+        b1, b2 = self.beta1, self.beta2
+        work = self._denominator
+        np.multiply(g, g, out=work)
+        self._v_update(1 - b2, b2)                   # v <- b2 v + (1 - b2) g^2
+        self._m_update(1 - b1, b1)                   # m <- b1 m + (1 - b1) g
+        np.sqrt(self.v, out=work)
+        work *= 1 / math.sqrt(1 - b2 ** t)           # sqrt(v_hat) = sqrt(v) / sqrt(1 - b2^t)
+        work += self.eps
+        np.divide(self.m, work, out=work)            # m / (sqrt(v_hat) + eps)
+        if not self._in_place:   # a ring of parameter copies: Phi moves to the next one, updated there
+            np.copyto(self.out, self.params)
+        self._parameter_update(-lr / (1 - b1 ** t))  # Phi <- Phi - eta m_hat / (sqrt(v_hat) + eps)
         self.steps_taken = t
 
 

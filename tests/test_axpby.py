@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ddp_edf import SGD
+from ddp_edf import SGD, Adam
 from ddp_edf.axpby import Axpby, find_blas_axpby
 
 LENGTHS = [0, 1, 7, 33, 1000, 100_003]
@@ -58,16 +58,20 @@ def test_vectors_blas_cannot_take_fall_back_to_numpy():
         Axpby(np.ones(3, np.float32), np.ones(3), kernel)
 
 
-def test_sgd_momentum_runs_on_blas_and_a_ring_of_copies_gives_the_same_bits():
+@pytest.mark.parametrize("make, state", [
+    (lambda p, g: SGD(p, g, momentum=0.9), ("velocity",)),
+    (lambda p, g: Adam(p, g, weight_decay=1e-3), ("m", "v")),
+], ids=["sgd-momentum", "adam"])
+def test_updates_run_on_blas_and_a_ring_of_copies_gives_the_same_bits(make, state):
     """The ring's update (copy Phi to the next buffer, update it there) against the in-place one."""
     rng = np.random.default_rng(0)
     start = rng.standard_normal(10_001).astype(np.float32)
     gradients = [rng.standard_normal(10_001).astype(np.float32) for _ in range(6)]
     in_place_params, grads = start.copy(), np.zeros_like(start)
-    in_place = SGD(in_place_params, grads, momentum=0.9)
+    in_place = make(in_place_params, grads)
     copies = [start.copy(), np.zeros_like(start), np.zeros_like(start)]
     ring_grads = np.zeros_like(start)
-    ring = SGD(copies[0], ring_grads, momentum=0.9)
+    ring = make(copies[0], ring_grads)
     for t, g in enumerate(gradients):
         grads[:], ring_grads[:] = g, g
         in_place.step(0.05)
@@ -75,7 +79,9 @@ def test_sgd_momentum_runs_on_blas_and_a_ring_of_copies_gives_the_same_bits():
         ring.step(0.05)
     assert in_place._parameter_update.uses_blas == numpy_uses_openblas()
     np.testing.assert_array_equal(copies[len(gradients) % 3], in_place_params)
-    np.testing.assert_array_equal(ring.velocity, in_place.velocity)
+    for name in state:
+        np.testing.assert_array_equal(getattr(ring, name), getattr(in_place, name))
+    np.testing.assert_array_equal(ring_grads, gradients[-1])   # the caller's gradient is left as it was
 
 
 def test_the_result_does_not_depend_on_where_the_vectors_sit_in_memory():

@@ -26,7 +26,7 @@ def run(optimizer_class, lrs=(0.1, 0.1, 0.05, 0.05), **options):
 
 @pytest.fixture(params=["blas", "numpy"])
 def axpby_way(request, monkeypatch):
-    """SGD's multiply-adds through OpenBLAS's axpby (where NumPy has it) and through NumPy's passes."""
+    """The optimizers' multiply-adds through OpenBLAS's axpby (where NumPy has it) and through NumPy's passes."""
     if request.param == "numpy":
         monkeypatch.setattr("ddp_edf.optim.find_blas_axpby", lambda dtype: None)
     return request.param
@@ -70,15 +70,17 @@ def test_sgd_nesterov_with_weight_decay(axpby_way):
     np.testing.assert_allclose(history, scalar_reference(update), rtol=1e-14)
 
 
-def test_adam():
+@pytest.mark.parametrize("decay", [0.0, 0.001])
+def test_adam(axpby_way, decay):
     def update(p, g, lr, s, t):
-        g = g + 0.001 * p
+        g = g + decay * p
         s["m"] = 0.9 * s.get("m", 0.0) + 0.1 * g
         s["v"] = 0.999 * s.get("v", 0.0) + 0.001 * g * g
         m_hat, v_hat = s["m"] / (1 - 0.9 ** t), s["v"] / (1 - 0.999 ** t)
         return p - lr * m_hat / (math.sqrt(v_hat) + 1e-8)
-    history, _ = run(Adam, weight_decay=0.001)
+    history, optimizer = run(Adam, weight_decay=decay)
     np.testing.assert_allclose(history, scalar_reference(update), rtol=1e-12)
+    np.testing.assert_array_equal(optimizer.grads, GRADS[-1])   # Adam never writes the caller's gradient
 
 
 def test_optimizer_state_round_trip_continues_identically():
