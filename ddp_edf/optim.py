@@ -30,15 +30,16 @@ class Optimizer:
         self.weight_decay = weight_decay
         self.steps_taken = 0
         self._scratch = np.empty_like(params)
+        self._kernel = find_blas_axpby(params.dtype)
 
-    def _gradient_with_decay(self) -> np.ndarray:
-        """g = grad + weight_decay * Phi  (L2 regularisation), in the scratch buffer."""
+    def _gradient(self) -> np.ndarray:
+        """g = grad + weight_decay * Phi  (L2 regularisation): in the scratch buffer, or ``grads``
+        itself without decay (never written)."""
+        if not self.weight_decay:
+            return self.grads
         g = self._scratch
-        if self.weight_decay:
-            np.multiply(self.params, self.weight_decay, out=g)
-            g += self.grads
-        else:
-            np.copyto(g, self.grads)
+        np.multiply(self.params, self.weight_decay, out=g)
+        g += self.grads
         return g
 
     def step(self, lr: float):
@@ -50,6 +51,20 @@ class Optimizer:
         if params.shape != self.grads.shape or out.shape != self.grads.shape:
             raise ValueError("params and out must have the shape of grads")
         self.params, self.out = params, out
+        self._bind_update()
+
+    def _bind_update(self):
+        """Bind the last line of every update, Phi <- Phi + a d, to ``out``: one axpby pass (the
+        subclass sets ``_direction``, the vector d, and ``_update_scratch`` for NumPy's fallback)."""
+        self._in_place = np.may_share_memory(self.params, self.out)
+        self._parameter_update = Axpby(self._direction, self.out, self._kernel, self._update_scratch)
+
+    def _update_parameters(self, a: float):
+        """Phi <- Phi + a d.  With a ring of parameter copies Phi first moves to the next copy and is
+        updated there by the same axpby: the ring and in place give the same bits on every kernel."""
+        if not self._in_place:
+            np.copyto(self.out, self.params)
+        self._parameter_update(a)
 
     # Optimizer state for checkpoints: named flat arrays plus the step counter.
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -88,32 +103,22 @@ class SGD(Optimizer):
         self.velocity = np.zeros_like(params)
         self._nesterov_term = np.empty_like(params) if nesterov else None
         self.state_names = ("velocity",) if momentum else ()
-        self._kernel = find_blas_axpby(params.dtype)
         g = self._scratch if weight_decay else self.grads     # where g is when step() needs it
         self._direction = self._nesterov_term if nesterov else self.velocity if momentum else g
+        self._update_scratch = self._scratch
         self._velocity_update = Axpby(g, self.velocity, self._kernel, self._scratch)
         self._nesterov_update = Axpby(self.velocity, self._nesterov_term, self._kernel, self._scratch) \
             if nesterov else None
-        self._bind_output()
-
-    def retarget(self, params, out):
-        super().retarget(params, out)
-        self._bind_output()
-
-    def _bind_output(self):
-        self._in_place = np.may_share_memory(self.params, self.out)
-        self._parameter_update = Axpby(self._direction, self.out, self._kernel, self._scratch)
+        self._bind_update()
 
     def step(self, lr: float):
-        g = self._gradient_with_decay() if self.weight_decay else self.grads   # g = grad + wd Phi
+        g = self._gradient()   # g = grad + wd Phi
         if self.momentum:
             self._velocity_update(1.0, self.momentum)          # v <- mu v + g
             if self.nesterov:
                 np.copyto(self._nesterov_term, g)
                 self._nesterov_update(self.momentum)           # d = g + mu v
-        if not self._in_place:   # a ring of parameter copies: Phi moves to the next one, updated there
-            np.copyto(self.out, self.params)
-        self._parameter_update(-lr)                            # Phi <- Phi - eta d
+        self._update_parameters(-lr)                           # Phi <- Phi - eta d
         self.steps_taken += 1
 
 
@@ -136,24 +141,16 @@ class Adam(Optimizer):
         self.m = np.zeros_like(params)
         self.v = np.zeros_like(params)
         self._denominator = np.empty_like(params)    # holds g^2, then sqrt(v_hat) + eps, then the step
-        self._kernel = find_blas_axpby(params.dtype)
         g = self._scratch if weight_decay else self.grads
         # NumPy's fallback computes a x in the given scratch: x itself where x is not needed after
         # (g^2; the step), never the caller's gradient buffer
         self._v_update = Axpby(self._denominator, self.v, self._kernel, self._denominator)
         self._m_update = Axpby(g, self.m, self._kernel, self._scratch)
-        self._bind_output()
-
-    def retarget(self, params, out):
-        super().retarget(params, out)
-        self._bind_output()
-
-    def _bind_output(self):
-        self._in_place = np.may_share_memory(self.params, self.out)
-        self._parameter_update = Axpby(self._denominator, self.out, self._kernel, self._denominator)
+        self._direction = self._update_scratch = self._denominator
+        self._bind_update()
 
     def step(self, lr: float):
-        g = self._gradient_with_decay() if self.weight_decay else self.grads   # g = grad + wd Phi
+        g = self._gradient()   # g = grad + wd Phi
         t = self.steps_taken + 1
         b1, b2 = self.beta1, self.beta2
         work = self._denominator
@@ -164,9 +161,7 @@ class Adam(Optimizer):
         work *= 1 / math.sqrt(1 - b2 ** t)           # sqrt(v_hat) = sqrt(v) / sqrt(1 - b2^t)
         work += self.eps
         np.divide(self.m, work, out=work)            # m / (sqrt(v_hat) + eps)
-        if not self._in_place:   # a ring of parameter copies: Phi moves to the next one, updated there
-            np.copyto(self.out, self.params)
-        self._parameter_update(-lr / (1 - b1 ** t))  # Phi <- Phi - eta m_hat / (sqrt(v_hat) + eps)
+        self._update_parameters(-lr / (1 - b1 ** t))  # Phi <- Phi - eta m_hat / (sqrt(v_hat) + eps)
         self.steps_taken = t
 
 
