@@ -154,6 +154,10 @@ def main():
         return mpi_job(args.batch, args.chunks, args.blocks, args.steps)
     if args.world < 2:
         parser.error("--world must be >= 2: there is nothing to reduce in one process")
+    if args.batch < args.world:
+        parser.error(f"--batch must be >= --world ({args.world}): every rank needs rows")
+    if not 1 <= args.chunks <= common.N_IN:
+        parser.error(f"--chunks must be in 1..{common.N_IN} (fc0.W's rows)")
 
     jobs = {mode: [] for mode in args.modes}
     for round_ in range(args.rounds):

@@ -103,6 +103,15 @@ def test_overlap_probe_checks_both_reductions_sum_the_same_gradient(tmp_path):
     assert "| test |" in out and "| thread |" in out
 
 
+@pytest.mark.parametrize("bad, message", [(("--world", "1"), "--world must be >= 2"),
+                                          (("--batch", "1"), "--batch must be >= --world"),
+                                          (("--chunks", "785"), "--chunks must be in 1..784")])
+def test_overlap_probe_refuses_settings_it_cannot_run(bad, message):
+    result = subprocess.run([sys.executable, "benchmarks/overlap_probe.py", *bad], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60)
+    assert result.returncode == 2 and message in result.stderr
+
+
 def test_overlap_probe_summary_pools_every_block_of_every_job():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from overlap_probe import summary
