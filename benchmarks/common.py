@@ -60,6 +60,103 @@ def shard(n: int, rank: int, world: int):
     return start, start + q + (rank < m)
 
 
+# -- The same training, checked ------------------------------------------------------------------
+# A speed ratio means something only between systems that compute the same thing.  Before timing,
+# compare_torch_ddp.py has every system train CHECK_STEPS steps of the benchmark's own batches from
+# one initialisation, and compares where each lands with reference_training(): the same model,
+# loss (mean over the GLOBAL batch), data, batch and momentum SGD written once more, plainly, in
+# float64.  float32 systems land within ~1e-6 of it; a learning rate 1% off moves "moved" by ~1%,
+# a sum instead of a mean over ranks or a missing bias by far more.
+
+CHECK_STEPS = 10
+CHECK_EXAMPLES = 2000   # the check's loss: the mean over the first training images
+CHECK_RTOL = 1e-4
+PARAMETER_NAMES = ("W1", "b1", "W2", "b2")   # W in (inputs, outputs) layout, as in x W + b
+
+
+def initial_parameters(seed: int = 0) -> dict:
+    """One initialisation for every system's check, float32 (biases non-zero, so a lost bias shows)."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    return {"W1": (rng.standard_normal((N_IN, N_HIDDEN)) * np.sqrt(2 / N_IN)).astype(np.float32),
+            "b1": (0.1 * rng.standard_normal(N_HIDDEN)).astype(np.float32),
+            "W2": (rng.standard_normal((N_HIDDEN, N_CLASSES)) * np.sqrt(2 / N_HIDDEN)).astype(np.float32),
+            "b2": (0.1 * rng.standard_normal(N_CLASSES)).astype(np.float32)}
+
+
+def save_initial(path, params: dict):
+    import numpy as np
+    np.savez(path, **params)
+
+
+def load_initial(path) -> dict:
+    """The check's initial parameters from an .npz (never unpickled), float32, (inputs, outputs) layout."""
+    import numpy as np
+    with np.load(path, allow_pickle=False) as archive:
+        return {name: np.array(archive[name], dtype=np.float32) for name in PARAMETER_NAMES}
+
+
+def mean_cross_entropy(params: dict, images, labels) -> float:
+    """L = (1/N) sum_n -log softmax(relu(x_n W1 + b1) W2 + b2)[y_n], x = pixels / 255, in float64."""
+    import numpy as np
+    p = {name: np.asarray(v, dtype=np.float64) for name, v in params.items()}
+    x = images.astype(np.float64) / 255.0
+    scores = np.maximum(x @ p["W1"] + p["b1"], 0.0) @ p["W2"] + p["b2"]
+    scores -= scores.max(axis=1, keepdims=True)
+    log_probs = scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
+    return float(-log_probs[np.arange(len(labels)), labels].mean())
+
+
+def check_record(params: dict, initial: dict, images, labels) -> dict:
+    """Where a check run landed: the loss on the first CHECK_EXAMPLES training images and how far
+    the parameters moved from the initialisation (Euclidean norm over all of them), in float64."""
+    import numpy as np
+    moved = sum(float(np.sum((np.asarray(params[k], np.float64) - np.asarray(initial[k], np.float64)) ** 2))
+                for k in PARAMETER_NAMES)
+    return {"loss": mean_cross_entropy(params, images[:CHECK_EXAMPLES], labels[:CHECK_EXAMPLES]),
+            "moved": moved ** 0.5}
+
+
+def reference_training(initial: dict, images, labels, batch: int, steps: int = CHECK_STEPS,
+                       lr: float = LR, momentum: float = MOMENTUM) -> dict:
+    """The independent reference: float64 NumPy, the whole global batch in one piece (no ranks).
+
+        g = dL/dtheta of the batch mean,  v <- momentum v + g,  theta <- theta - lr v
+    """
+    import numpy as np
+    theta = {k: np.asarray(v, np.float64).copy() for k, v in initial.items()}
+    velocity = {k: np.zeros_like(v) for k, v in theta.items()}
+    batches = global_batches(len(labels), batch)
+    for _ in range(steps):
+        idx = next(batches)
+        grads = reference_gradient(theta, images[idx], labels[idx])
+        for k in theta:
+            velocity[k] = momentum * velocity[k] + grads[k]
+            theta[k] = theta[k] - lr * velocity[k]
+    return check_record(theta, initial, images, labels)
+
+
+def reference_gradient(theta: dict, images, labels) -> dict:
+    """d mean_cross_entropy(theta, images, labels) / d theta, float64 (tested by finite differences)."""
+    import numpy as np
+    x = images.astype(np.float64) / 255.0
+    pre = x @ theta["W1"] + theta["b1"]
+    h = np.maximum(pre, 0.0)
+    scores = h @ theta["W2"] + theta["b2"]
+    q = np.exp(scores - scores.max(axis=1, keepdims=True))
+    q /= q.sum(axis=1, keepdims=True)
+    d_scores = (q - np.eye(N_CLASSES)[labels]) / len(labels)   # dL/ds of the mean over the batch
+    d_pre = (d_scores @ theta["W2"].T) * (pre > 0)
+    return {"W1": x.T @ d_pre, "b1": d_pre.sum(axis=0), "W2": h.T @ d_scores, "b2": d_scores.sum(axis=0)}
+
+
+def check_mismatch(record: dict, reference: dict, rtol: float = CHECK_RTOL) -> str | None:
+    """None if a check record agrees with the reference, else what differs."""
+    off = [f"{k} {record[k]:.7g} vs {reference[k]:.7g}" for k in ("loss", "moved")
+           if abs(record[k] - reference[k]) > rtol * abs(reference[k])]
+    return "; ".join(off) or None
+
+
 def worker_arguments(description: str = ""):
     """The options every throughput worker takes: --batch (global), --seconds (timed), --warmup (steps)."""
     import argparse
@@ -67,20 +164,29 @@ def worker_arguments(description: str = ""):
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--check-init", metavar="NPZ",
+                        help="instead of timing: train --check-steps steps from these parameters "
+                             "(initial_parameters() saved by save_initial) and report check_record()")
+    parser.add_argument("--check-steps", type=int, default=CHECK_STEPS)
     return parser
 
 
-def shard_indices(n: int, batch: int, rank: int, world: int, seed: int = 1):
-    """Endless global batches of epoch permutations of n examples; yields this rank's contiguous shard."""
+def global_batches(n: int, batch: int, seed: int = 1):
+    """Endless global batches (example indices) of epoch permutations of n examples, full batches only."""
     import numpy as np
     epoch = 0
     while True:
         order = np.random.default_rng([seed, epoch]).permutation(n)
         for t in range(n // batch):
-            indices = order[t * batch:(t + 1) * batch]
-            lo, hi = shard(len(indices), rank, world)
-            yield indices[lo:hi]
+            yield order[t * batch:(t + 1) * batch]
         epoch += 1
+
+
+def shard_indices(n: int, batch: int, rank: int, world: int, seed: int = 1):
+    """global_batches(), each cut to this rank's contiguous shard."""
+    for indices in global_batches(n, batch, seed):
+        lo, hi = shard(len(indices), rank, world)
+        yield indices[lo:hi]
 
 
 def emit(record: dict):

@@ -16,6 +16,11 @@ Before each multi-rank run, workers/state_probe.py times an MPI Allreduce of the
 indicator of the machine's state independent of the systems timed.  The ratios of the rounds in
 which both systems' runs began in the normal state (probe < 1.5x the fastest probe of the whole
 benchmark) are also listed separately: like compared with like.
+
+First, a check that the systems compute the same thing (--check-only: nothing else): each trains
+10 steps of the benchmark's batches from one initialisation at every world size, and must land
+within 1e-4 (relative) of an independent float64 NumPy reference (common.reference_training) in
+the loss on 2000 training images and in how far the parameters moved; else the run stops there.
 """
 
 import argparse
@@ -23,6 +28,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,21 +38,21 @@ WORKERS = common.BENCH / "workers"
 
 
 def available_systems():
-    """{name: function(world, batch, seconds) -> result} and {name: why it is missing}."""
+    """{name: function(world, worker arguments) -> result} and {name: why it is missing}."""
     systems, missing = {}, {}
     main = sys.executable
 
-    def mpi_system(python, script):
-        return lambda world, batch, seconds: common.launch_mpi(
-            python, str(WORKERS / script), world, ["--batch", batch, "--seconds", seconds])
+    def mpi_system(python, script, extra_env=None):
+        return lambda world, arguments: common.launch_mpi(python, str(WORKERS / script), world, arguments,
+                                                          extra_env=extra_env)
 
     systems["ddp_edf"] = mpi_system(main, "ddp_edf_worker.py")
     torch_python = common.venv_python("torch")
     if torch_python:
         torchrun = str(Path(torch_python).parent / "torchrun")
-        systems["torch_ddp"] = lambda world, batch, seconds: common.run_worker(
+        systems["torch_ddp"] = lambda world, arguments: common.run_worker(
             [torchrun, "--standalone", f"--nproc_per_node={world}", str(WORKERS / "torch_ddp_worker.py"),
-             "--batch", str(batch), "--seconds", str(seconds)], threads=1)
+             *map(str, arguments)], threads=1)
     else:
         missing["torch_ddp"] = "not installed: benchmarks/setup_peers.sh torch"
     chainer_python = common.venv_python("chainer")
@@ -57,10 +63,45 @@ def available_systems():
     systems["handwritten"] = mpi_system(main, "handwritten_worker.py")
     kernel = common.ddp_edf_blas_kernel()
     if kernel:
-        systems["handwritten_kernel"] = lambda world, batch, seconds: common.launch_mpi(
-            main, str(WORKERS / "handwritten_worker.py"), world, ["--batch", batch, "--seconds", seconds],
-            extra_env={"OPENBLAS_CORETYPE": kernel})
+        systems["handwritten_kernel"] = mpi_system(main, "handwritten_worker.py", {"OPENBLAS_CORETYPE": kernel})
     return systems, missing
+
+
+def check_same_training(systems: dict, worlds, batch: int, failures: list) -> dict:
+    """Every system, at every world size, trains common.CHECK_STEPS steps from one initialisation;
+    each must land where common.reference_training (float64 NumPy) lands, or the comparison stops.
+    A system whose check crashes twice is dropped from the comparison (the reason is printed)."""
+    images, labels = common.load_split("train")
+    initial = common.initial_parameters()
+    reference = common.reference_training(initial, images, labels, batch)
+    print(f"check: {common.CHECK_STEPS} steps from one initialisation, then the loss on the first "
+          f"{common.CHECK_EXAMPLES} training images and the distance moved; reference (float64 NumPy): "
+          f"loss {reference['loss']:.7f}, moved {reference['moved']:.7f}", flush=True)
+    records, wrong = {}, []
+    with tempfile.TemporaryDirectory() as folder:
+        init_path = Path(folder) / "initial.npz"
+        common.save_initial(init_path, initial)
+        for name in list(systems):
+            for world in worlds:
+                label = f"check W={world} {name:12s}"
+                result = run_with_retry(lambda: systems[name](world, ["--batch", batch, "--check-init", init_path]),
+                                        label, failures)
+                if result is None:
+                    print(f"{label} crashed twice: {name} left out of the comparison", flush=True)
+                    del systems[name]
+                    break
+                record = records[f"{name}@{world}"] = result["check"]
+                mismatch = common.check_mismatch(record, reference)
+                print(f"{label} loss {record['loss']:.7f}, moved {record['moved']:.7f}: "
+                      f"{'DIFFERENT: ' + mismatch if mismatch else 'same training'}", flush=True)
+                if mismatch:
+                    wrong.append(f"{name} at W = {world} ({mismatch})")
+    if wrong:
+        raise SystemExit(f"compare_torch_ddp.py: not the same training as the reference (relative tolerance "
+                         f"{common.CHECK_RTOL}): {'; '.join(wrong)}; its speed would not compare like with like: "
+                         f"fix the worker's model, loss, learning rate or gradient averaging")
+    return {"steps": common.CHECK_STEPS, "examples": common.CHECK_EXAMPLES, "rtol": common.CHECK_RTOL,
+            "reference": reference, "systems": records}
 
 
 def done(values):
@@ -90,18 +131,22 @@ def main():
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per run (after warm-up)")
     parser.add_argument("--systems", nargs="+", help="a subset of the systems")
     parser.add_argument("--json", default=str(common.BENCH / "results" / "compare.json"))
+    parser.add_argument("--check-only", action="store_true", help="only check that every system trains alike")
     args = parser.parse_args()
     systems, missing = available_systems()
     if args.systems:
         systems = {k: v for k, v in systems.items() if k in args.systems}
     for name, why in missing.items():
         print(f"skipping {name}: {why}")
+    failures = []
+    check = check_same_training(systems, args.worlds, args.batch, failures)
+    if args.check_only:
+        return
     rates = {(name, w): [] for name in systems for w in args.worlds}
     probes = {(name, w): [] for name in systems for w in args.worlds if w > 1}   # before each run, per round
     ratios = {(name, w): [] for name in systems if name != "ddp_edf" for w in args.worlds}
     ring_share = {w: [] for w in args.worlds}   # ddp_edf: share of timed steps that rotated the buffer ring
     names = list(systems)
-    failures = []
     for round_index in range(args.rounds):
         order = names[round_index % len(names):] + names[:round_index % len(names)]
         for world in args.worlds:
@@ -113,7 +158,8 @@ def main():
                         sys.executable, str(WORKERS / "state_probe.py"), world, [])["allreduce_ms"])
                     probe = f"  (Allreduce probe {probes[(name, world)][-1]:.2f} ms)"
                 label = f"round {round_index + 1} W={world} {name:12s}"
-                result = run_with_retry(lambda: systems[name](world, args.batch, args.seconds), label, failures)
+                result = run_with_retry(lambda: systems[name](world, ["--batch", args.batch, "--seconds", args.seconds]),
+                                        label, failures)
                 rate = result["samples_per_s"] if result else None
                 this_round[name] = rate
                 rates[(name, world)].append(rate)
@@ -164,7 +210,7 @@ def main():
         "ratios": {f"ddp_edf/{n}@{w}": v for (n, w), v in ratios.items()},
         "probes_allreduce_ms": {f"{n}@{w}": v for (n, w), v in probes.items()}, "missing": missing,
         "ddp_edf_ring_rotating": {f"ddp_edf@{w}": v for w, v in ring_share.items()} if "ddp_edf" in systems else {},
-        "failures": failures}, indent=1))
+        "check": check, "failures": failures}, indent=1))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,56 @@ def test_compare_runs_the_numpy_systems(tmp_path):
     shares = result["ddp_edf_ring_rotating"]
     assert shares["ddp_edf@1"] == [0.0] and len(shares["ddp_edf@2"]) == 1 and 0 <= shares["ddp_edf@2"][0] <= 1
     assert "% of steps" in out
+    # before timing, both trained like the float64 reference at both world sizes
+    check = result["check"]
+    assert set(check["systems"]) == {"ddp_edf@1", "ddp_edf@2", "handwritten@1", "handwritten@2"}
+    assert out.count(": same training") == 4 and "DIFFERENT" not in out
+
+
+def test_the_training_check_passes_a_world_size_that_does_not_divide_the_batch():
+    # 256 over 3 ranks: shards of 86, 85, 85; both loops scale by the GLOBAL batch
+    out = bench("compare_torch_ddp.py", "--systems", "ddp_edf", "handwritten", "--worlds", "3", "--check-only")
+    assert out.count(": same training") == 2 and "samples/s" not in out
+
+
+def test_the_training_check_stops_the_comparison_when_a_system_trains_differently(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import common
+    from compare_torch_ddp import check_same_training
+    images, labels = common.load_split("train")
+    initial = common.initial_parameters()
+    right = {"check": common.reference_training(initial, images, labels, 256)}
+    # a learning rate 1% off, or the gradient summed over 2 ranks instead of averaged
+    lr_off = {"check": common.reference_training(initial, images, labels, 256, lr=1.01 * common.LR)}
+    summed = {"check": common.reference_training(initial, images, labels, 256, lr=2 * common.LR)}
+    systems = {"good": lambda world, arguments: right, "lr_off": lambda world, arguments: lr_off,
+               "summed": lambda world, arguments: summed}
+    with pytest.raises(SystemExit, match=r"not the same training.*lr_off at W = 1 \(loss .*moved .*summed at W = 1"):
+        check_same_training(systems, [1], 256, [])
+    assert set(check_same_training({"good": systems["good"]}, [1, 2], 256, [])["systems"]) == {"good@1", "good@2"}
+
+
+def test_the_reference_gradient_against_finite_differences():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import common
+    import numpy as np
+    rng = np.random.default_rng(3)
+    images, labels = common.load_split("train")
+    images, labels = images[:16], labels[:16]
+    theta = {k: v.astype(np.float64) for k, v in common.initial_parameters(seed=5).items()}
+    grads = common.reference_gradient(theta, images, labels)
+    eps = 1e-6
+    for name, value in theta.items():
+        for _ in range(6):
+            at = tuple(rng.integers(0, n) for n in value.shape)
+            if name == "W1" and not images[:, at[0]].any():
+                at = (int(np.flatnonzero(images.any(axis=0))[0]), at[1])   # a pixel that is not 0 everywhere
+            plus, minus = ({**theta, name: value.copy()} for _ in range(2))
+            plus[name][at] += eps
+            minus[name][at] -= eps
+            numeric = (common.mean_cross_entropy(plus, images, labels)
+                       - common.mean_cross_entropy(minus, images, labels)) / (2 * eps)
+            assert grads[name][at] == pytest.approx(numeric, rel=1e-5, abs=1e-9), (name, at)
 
 
 def test_roofline(tmp_path):

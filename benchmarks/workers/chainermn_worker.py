@@ -37,6 +37,11 @@ def main():
     images, labels = common.load_split("train")
     labels = labels.astype(np.int32)
     model = MLP()
+    initial = common.load_initial(args.check_init) if args.check_init else None
+    if initial:   # Chainer's Linear holds W as (outputs, inputs)
+        for layer, w, b in ((model.l1, "W1", "b1"), (model.l2, "W2", "b2")):
+            layer.W.array[...] = initial[w].T
+            layer.b.array[...] = initial[b]
     optimizer = chainermn.create_multi_node_optimizer(
         chainer.optimizers.MomentumSGD(lr=common.LR, momentum=common.MOMENTUM), comm)
     optimizer.setup(model)
@@ -46,6 +51,16 @@ def main():
         idx = next(shards)
         x = images[idx].astype(np.float32) / np.float32(255)
         optimizer.update(model, x, labels[idx])   # forward, backward, mean of gradients over ranks, update
+
+    if initial:   # the same training as every other system? (compare_torch_ddp.py checks)
+        optimizer.update()   # ChainerMN's first update() only broadcasts rank 0's parameters: take it
+        for _ in range(args.check_steps):   # without a batch, so that every step below is an update
+            step()
+        if rank == 0:
+            params = {"W1": model.l1.W.array.T, "b1": model.l1.b.array, "W2": model.l2.W.array.T, "b2": model.l2.b.array}
+            common.emit({"system": "chainermn", "world": world,
+                         "check": common.check_record(params, initial, images, labels)})
+        return
 
     mpi = comm.mpi_comm
     steps, seconds = common.StepTimer(args.warmup, args.seconds).run(step, lambda n: mpi.bcast(n, root=0), mpi.Barrier)

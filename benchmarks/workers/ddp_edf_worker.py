@@ -7,7 +7,6 @@ that users run (data, forward, backward, Allreduce, optimizer, the per-step stop
 summed over every interval the trainer reports (one per epoch, and the last one).
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,7 +16,9 @@ import common  # noqa: E402
 from ddp_edf.config import load_config  # noqa: E402
 from ddp_edf.dist.comm import make_comm  # noqa: E402
 from ddp_edf.dist.threads import configure_blas_threads  # noqa: E402
-from ddp_edf.trainer import Trainer  # noqa: E402
+from ddp_edf.trainer import StepTimes, Totals, Trainer  # noqa: E402
+
+import numpy as np  # noqa: E402  (after ddp_edf, which picks the BLAS kernels before NumPy loads)
 
 
 class CapturingReporter:
@@ -72,11 +73,30 @@ def benchmark_config(dataset: str, batch: int, *overrides: str):
                               *overrides])
 
 
+# ddp_edf's names for the check's parameters (models.affine_layer: fc<k>.W is (inputs, outputs))
+DDP_EDF_NAMES = {"W1": "fc0.W", "b1": "fc0.b", "W2": "fc1.W", "b2": "fc1.b"}
+
+
+def check_run(args, comm, config):
+    """--check-init: train args.check_steps steps of common.global_batches from the given parameters
+    with Trainer.train_step (the step Trainer.run takes), then report where they landed."""
+    initial = common.load_initial(args.check_init)
+    keyed = Path(args.check_init).with_suffix(".ddp_edf.npz")   # the Trainer's --init: keyed by its names
+    if comm.is_root:
+        np.savez(keyed, **{DDP_EDF_NAMES[k]: v for k, v in initial.items()})
+    trainer = Trainer(config, comm, CapturingReporter(), init_path=str(keyed))
+    batches = common.global_batches(len(trainer.dataset.train), args.batch)
+    for _ in range(args.check_steps):
+        trainer.train_step(next(batches), StepTimes(), Totals())
+    if comm.is_root:
+        state = trainer.graph.state_dict()
+        images, labels = common.load_split("train")
+        common.emit({"system": "ddp_edf", "world": comm.world_size, "check": common.check_record(
+            {k: state[name] for k, name in DDP_EDF_NAMES.items()}, initial, images, labels)})
+
+
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--warmup", type=int, default=30)
+    parser = common.worker_arguments(__doc__)
     parser.add_argument("--set", action="append", default=[], help="extra config overrides (levers)")
     args = parser.parse_args()
     comm = make_comm("auto")
@@ -85,6 +105,8 @@ def main():
     name = comm.broadcast_obj(name if comm.is_root else None)
     threads = configure_blas_threads(comm.local_size)
     config = benchmark_config(name, args.batch, *args.set)
+    if args.check_init:
+        return check_run(args, comm, config)
     reporter = CapturingReporter()
     trainer = Trainer(config, comm, reporter)
     trainer.total_steps = args.warmup

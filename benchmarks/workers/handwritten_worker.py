@@ -27,12 +27,8 @@ world = comm.Get_size() if comm else 1
 def main():
     args = common.worker_arguments(__doc__).parse_args()
     images, labels = common.load_split("train")
-    rng = np.random.default_rng(0)
-    W1 = (rng.standard_normal((common.N_IN, common.N_HIDDEN)) * np.sqrt(2 / common.N_IN)).astype(np.float32)
-    b1 = np.zeros(common.N_HIDDEN, np.float32)
-    W2 = (rng.standard_normal((common.N_HIDDEN, common.N_CLASSES)) * np.sqrt(2 / common.N_HIDDEN)).astype(np.float32)
-    b2 = np.zeros(common.N_CLASSES, np.float32)
-    params = [W1, b1, W2, b2]
+    initial = common.load_initial(args.check_init) if args.check_init else common.initial_parameters()
+    W1, b1, W2, b2 = params = [initial[name].copy() for name in common.PARAMETER_NAMES]
     velocity = [np.zeros_like(p) for p in params]
     if comm:
         for p in params:
@@ -68,6 +64,14 @@ def main():
             v *= common.MOMENTUM
             v += d
             p -= common.LR * v
+
+    if args.check_init:   # the same training as every other system? (compare_torch_ddp.py checks)
+        for _ in range(args.check_steps):
+            step()
+        if rank == 0:
+            common.emit({"system": "handwritten", "world": world,
+                         "check": common.check_record(dict(zip(common.PARAMETER_NAMES, params)), initial, images, labels)})
+        return
 
     timer = common.StepTimer(args.warmup, args.seconds)
     agree = (lambda n: comm.bcast(n, root=0)) if comm else (lambda n: n)

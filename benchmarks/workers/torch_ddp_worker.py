@@ -34,7 +34,14 @@ def main():
     args = common.worker_arguments(__doc__).parse_args()
     rank, world = setup(int(os.environ.get("OMP_NUM_THREADS", "1")))
     images, labels = common.load_split("train")
-    model = DistributedDataParallel(build())
+    initial = common.load_initial(args.check_init) if args.check_init else None
+    model = build()
+    if initial:   # nn.Linear holds weight as (outputs, inputs); DDP then broadcasts rank 0's
+        with torch.no_grad():
+            for layer, w, b in ((model[0], "W1", "b1"), (model[2], "W2", "b2")):
+                layer.weight.copy_(torch.from_numpy(initial[w].T.copy()))
+                layer.bias.copy_(torch.from_numpy(initial[b]))
+    model = DistributedDataParallel(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=common.LR, momentum=common.MOMENTUM)
     loss_fn = nn.CrossEntropyLoss()
     shards = common.shard_indices(len(labels), args.batch, rank, world)
@@ -45,6 +52,18 @@ def main():
         optimizer.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()   # DDP averages the gradients over the ranks during backward
         optimizer.step()
+
+    if initial:   # the same training as every other system? (compare_torch_ddp.py checks)
+        for _ in range(args.check_steps):
+            step()
+        if rank == 0:
+            layers = model.module
+            params = {"W1": layers[0].weight.detach().numpy().T, "b1": layers[0].bias.detach().numpy(),
+                      "W2": layers[2].weight.detach().numpy().T, "b2": layers[2].bias.detach().numpy()}
+            common.emit({"system": "torch_ddp", "world": world,
+                         "check": common.check_record(params, initial, images, labels)})
+        dist.destroy_process_group()
+        return
 
     def agree(n):
         value = torch.tensor([n])
