@@ -96,12 +96,20 @@ def load_initial(path) -> dict:
         return {name: np.array(archive[name], dtype=np.float32) for name in PARAMETER_NAMES}
 
 
-def mean_cross_entropy(params: dict, images, labels) -> float:
-    """L = (1/N) sum_n -log softmax(relu(x_n W1 + b1) W2 + b2)[y_n], x = pixels / 255, in float64."""
+def _forward(params: dict, images):
+    """x = pixels / 255, pre = x W1 + b1, h = relu(pre), scores = h W2 + b2, all in float64."""
     import numpy as np
     p = {name: np.asarray(v, dtype=np.float64) for name, v in params.items()}
     x = images.astype(np.float64) / 255.0
-    scores = np.maximum(x @ p["W1"] + p["b1"], 0.0) @ p["W2"] + p["b2"]
+    pre = x @ p["W1"] + p["b1"]
+    h = np.maximum(pre, 0.0)
+    return x, pre, h, h @ p["W2"] + p["b2"]
+
+
+def mean_cross_entropy(params: dict, images, labels) -> float:
+    """L = (1/N) sum_n -log softmax(relu(x_n W1 + b1) W2 + b2)[y_n], x = pixels / 255, in float64."""
+    import numpy as np
+    scores = _forward(params, images)[3]
     scores -= scores.max(axis=1, keepdims=True)
     log_probs = scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
     return float(-log_probs[np.arange(len(labels)), labels].mean())
@@ -139,10 +147,7 @@ def reference_training(initial: dict, images, labels, batch: int, steps: int = C
 def reference_gradient(theta: dict, images, labels) -> dict:
     """d mean_cross_entropy(theta, images, labels) / d theta, float64 (tested by finite differences)."""
     import numpy as np
-    x = images.astype(np.float64) / 255.0
-    pre = x @ theta["W1"] + theta["b1"]
-    h = np.maximum(pre, 0.0)
-    scores = h @ theta["W2"] + theta["b2"]
+    x, pre, h, scores = _forward(theta, images)
     q = np.exp(scores - scores.max(axis=1, keepdims=True))
     q /= q.sum(axis=1, keepdims=True)
     d_scores = (q - np.eye(N_CLASSES)[labels]) / len(labels)   # dL/ds of the mean over the batch

@@ -70,10 +70,12 @@ def test_the_training_check_stops_the_comparison_when_a_system_trains_differentl
     assert set(check_same_training({"good": systems["good"]}, [1, 2], 256, [])["systems"]) == {"good@1", "good@2"}
     # PyTorch DDP and ChainerMN at W = 3 (mean of shard means, measured: loss 0.890981 vs 0.890605): the hint
     with pytest.raises(SystemExit, match=r"at W = 3 the batch of 256 does not split evenly"):
-        check_same_training({"lr_off": systems["lr_off"]}, [2, 3], 256, [])
-    with pytest.raises(SystemExit) as stop:   # no hint when every world size divides the batch
-        check_same_training({"lr_off": systems["lr_off"]}, [1, 2], 256, [])
-    assert "split evenly" not in str(stop.value)
+        check_same_training({"torch_ddp": systems["lr_off"]}, [2, 3], 256, [])
+    # no hint when every world size divides the batch, nor for a system that should take the global mean
+    for name, worlds in (("torch_ddp", [1, 2]), ("ddp_edf", [2, 3])):
+        with pytest.raises(SystemExit) as stop:
+            check_same_training({name: systems["lr_off"]}, worlds, 256, [])
+        assert "split evenly" not in str(stop.value)
 
 
 def test_the_reference_gradient_against_finite_differences():
