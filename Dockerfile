@@ -11,9 +11,6 @@
 #   TRAIN_ARGS="--out runs/NAME --resume auto".
 # Ranks and threads: NPROC ranks (default 2); each rank gets cores / NPROC BLAS threads from the trainer
 #   unless OMP_NUM_THREADS / OPENBLAS_NUM_THREADS are passed with -e.
-# Shared memory: with several ranks, gradients and parameters are summed in an MPI-3 shared window
-#   (dist.reduction = auto), which lives in /dev/shm; Docker gives containers 64 MB there by default:
-#   pass --shm-size (e.g. --shm-size=1g) for big models, or TRAIN_ARGS="--set dist.reduction=allreduce".
 # docker stop sends SIGTERM to mpirun (PID 1, via exec), which forwards it to the ranks: they finish the
 #   step, write a checkpoint and exit with 75.
 FROM python:3.11-slim

@@ -38,11 +38,8 @@ test-mpi: venv
 bench: venv bench-peers
 	$(PY) benchmarks/step_throughput.py
 	$(PY) benchmarks/throughput.py --plot docs/throughput.png
-	$(PY) benchmarks/blas_kernels.py
 	$(PY) benchmarks/roofline.py
 	$(PY) benchmarks/compare_torch_ddp.py
-	$(PY) benchmarks/step_budget.py --compare benchmarks/results/compare.json
-	$(PY) benchmarks/overlap_probe.py
 	$(PY) benchmarks/time_to_accuracy.py --plot docs/time_to_accuracy.png
 
 bench-peers:

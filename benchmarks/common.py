@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 N_IN, N_HIDDEN, N_CLASSES = 784, 256, 10
-# What ddp_edf sums over ranks each step: the parameters plus its 3 flag slots (814 KB in float32)
-GRADIENT = N_IN * N_HIDDEN + N_HIDDEN + N_HIDDEN * N_CLASSES + N_CLASSES + 3
+# What ddp_edf sums over ranks each step: the parameters plus its 2 flag slots (814 KB in float32)
+GRADIENT = N_IN * N_HIDDEN + N_HIDDEN + N_HIDDEN * N_CLASSES + N_CLASSES + 2
 LR, MOMENTUM = 0.05, 0.9
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,31 +238,6 @@ def launch_mpi(python: str, script: str, world: int, args, threads: int = 1, tim
     return run_worker(command, threads, timeout, extra_env)
 
 
-def _ddp_edf_blas():
-    """ddp_edf/blas.py loaded by path: it imports neither NumPy nor the ddp_edf package (importing the
-    package would set OPENBLAS_CORETYPE in this process, and every worker, peers included, would
-    inherit it)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("ddp_edf_blas", ROOT / "ddp_edf" / "blas.py")
-    blas = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(blas)
-    return blas
-
-
-def ddp_edf_blas_kernel() -> str | None:
-    """The OPENBLAS_CORETYPE ddp_edf sets for itself on this machine (None: OpenBLAS's own choice)."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        cpuinfo = ""
-    return _ddp_edf_blas().preferred_kernel(os.environ, cpuinfo)[0]
-
-
-def blas_kernel() -> str:
-    """What the loaded BLAS reports about itself (in a worker, after NumPy is imported)."""
-    return _ddp_edf_blas().loaded_kernel()
-
-
 def venv_python(name: str) -> str | None:
     """The interpreter of .bench/<name> (benchmarks/setup_peers.sh), or None if it is not installed."""
     python = ROOT / ".bench" / name / "bin" / "python"
@@ -303,26 +278,6 @@ def median_duration(call, times: int) -> float:
         call()
         durations.append(time.perf_counter() - start)
     return statistics.median(durations)
-
-
-def allreduce_probe(mpi_comm, buffer, MPI, repeats: int = 5) -> float:
-    """Inside an MPI job: the median time of an Allreduce of ``buffer`` (the gradient's size), the
-    machine-state indicator of workers/state_probe.py (~0.12 ms normal, ~0.45 ms slow on the dev VM)."""
-    def once():
-        mpi_comm.Barrier()
-        start = time.perf_counter()
-        mpi_comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
-        return time.perf_counter() - start
-    return statistics.median(once() for _ in range(repeats))
-
-
-NORMAL_STATE_FACTOR = 1.5
-
-
-def in_normal_state(probe: float, fastest: float) -> bool:
-    """The benchmarks' rule: a run or block began in the normal state if its Allreduce probe was
-    under 1.5 x the fastest probe of the whole benchmark."""
-    return probe < NORMAL_STATE_FACTOR * fastest
 
 
 def median_and_range(values):

@@ -1,21 +1,17 @@
 """ddp_edf against the systems a user would pick instead, same model, data, batch, lr and machine.
 
     benchmarks/setup_peers.sh                      # once: .bench/torch and .bench/chainer
-    .venv/bin/python benchmarks/compare_torch_ddp.py [--worlds 1 2] [--batch 256] [--rounds 7]
+    .venv/bin/python benchmarks/compare_torch_ddp.py [--worlds 1 2] [--batch 256] [--rounds 7] [--baseline REF]
 
 Systems (each skipped, with the reason, when it is not installed):
-  ddp_edf      python -m ddp_edf's Trainer.run under mpiexec        (benchmarks/workers/ddp_edf_worker.py)
+  ddp_edf      ddp_edf's Trainer.fit under mpiexec                   (benchmarks/workers/ddp_edf_worker.py)
   torch_ddp    PyTorch DistributedDataParallel, gloo, under torchrun (workers/torch_ddp_worker.py)
   chainermn    Chainer 7.8.1 + ChainerMN ('naive' communicator)     (workers/chainermn_worker.py)
   handwritten  NumPy + mpi4py by hand: GEMM backward, one flat Allreduce (workers/handwritten_worker.py)
-  handwritten_kernel  the same loop on the OpenBLAS kernels ddp_edf picks for this CPU (ddp_edf/blas.py),
-               listed only when that choice differs from OpenBLAS's own: it shows what the choice is worth
+  ddp_edf@REF  with --baseline REF: ddp_edf and its worker as they are at the git revision REF
+               (exported into .bench/), to compare the code with an earlier version in the same run
 One BLAS thread per rank.  Each round runs every system once per world size, in a rotating order, so
 machine drift spreads over all of them; ratios ddp_edf / other are taken within a round, then the median.
-Before each multi-rank run, workers/state_probe.py times an MPI Allreduce of the gradient: an
-indicator of the machine's state independent of the systems timed.  The ratios of the rounds in
-which both systems' runs began in the normal state (probe < 1.5x the fastest probe of the whole
-benchmark) are also listed separately: like compared with like.
 
 First, a check that the systems compute the same thing (--check-only: nothing else): each trains
 10 steps of the benchmark's batches from one initialisation at every world size, and must land
@@ -25,6 +21,7 @@ the loss on 2000 training images and in how far the parameters moved; else the r
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -39,7 +36,7 @@ WORKERS = common.BENCH / "workers"
 SHARD_MEAN_AVERAGERS = ("torch_ddp", "chainermn")
 
 
-def available_systems():
+def available_systems(baseline: str | None = None):
     """{name: function(world, worker arguments) -> result} and {name: why it is missing}."""
     systems, missing = {}, {}
     main = sys.executable
@@ -63,10 +60,25 @@ def available_systems():
     else:
         missing["chainermn"] = "not installed: benchmarks/setup_peers.sh chainer"
     systems["handwritten"] = mpi_system(main, "handwritten_worker.py")
-    kernel = common.ddp_edf_blas_kernel()
-    if kernel:
-        systems["handwritten_kernel"] = mpi_system(main, "handwritten_worker.py", {"OPENBLAS_CORETYPE": kernel})
+    if baseline:
+        tree = export_revision(baseline)
+        systems[f"ddp_edf@{baseline}"] = lambda world, arguments: common.launch_mpi(
+            main, str(tree / "benchmarks" / "workers" / "ddp_edf_worker.py"), world, arguments,
+            extra_env={"PYTHONPATH": os.pathsep.join([str(tree), str(tree / "benchmarks")])})
     return systems, missing
+
+
+def export_revision(revision: str) -> Path:
+    """The package and the benchmarks as they are at a git revision, unpacked under .bench/."""
+    commit = subprocess.run(["git", "rev-parse", "--short", revision], cwd=common.ROOT, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    tree = common.ROOT / ".bench" / f"baseline-{commit}"
+    if not (tree / "ddp_edf").is_dir():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", commit, "ddp_edf", "benchmarks"], cwd=common.ROOT,
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
 
 
 def check_same_training(systems: dict, worlds, batch: int, failures: list) -> dict:
@@ -138,10 +150,11 @@ def main():
     parser.add_argument("--systems", nargs="+", help="a subset of the systems")
     parser.add_argument("--json", default=str(common.BENCH / "results" / "compare.json"))
     parser.add_argument("--check-only", action="store_true", help="only check that every system trains alike")
+    parser.add_argument("--baseline", metavar="REF", help="also time ddp_edf as it is at this git revision")
     args = parser.parse_args()
-    systems, missing = available_systems()
+    systems, missing = available_systems(args.baseline)
     if args.systems:
-        systems = {k: v for k, v in systems.items() if k in args.systems}
+        systems = {k: v for k, v in systems.items() if k in args.systems or k.startswith("ddp_edf@")}
     for name, why in missing.items():
         print(f"skipping {name}: {why}")
     failures = []
@@ -149,33 +162,21 @@ def main():
     if args.check_only:
         return
     rates = {(name, w): [] for name in systems for w in args.worlds}
-    probes = {(name, w): [] for name in systems for w in args.worlds if w > 1}   # before each run, per round
     ratios = {(name, w): [] for name in systems if name != "ddp_edf" for w in args.worlds}
-    ring_share = {w: [] for w in args.worlds}   # ddp_edf: share of timed steps that rotated the buffer ring
     names = list(systems)
     for round_index in range(args.rounds):
         order = names[round_index % len(names):] + names[:round_index % len(names)]
         for world in args.worlds:
             this_round = {}
             for name in order:
-                probe = ""
-                if world > 1:
-                    probes[(name, world)].append(common.launch_mpi(
-                        sys.executable, str(WORKERS / "state_probe.py"), world, [])["allreduce_ms"])
-                    probe = f"  (Allreduce probe {probes[(name, world)][-1]:.2f} ms)"
                 label = f"round {round_index + 1} W={world} {name:12s}"
                 result = run_with_retry(lambda: systems[name](world, ["--batch", args.batch, "--seconds", args.seconds]),
                                         label, failures)
-                rate = result["samples_per_s"] if result else None
-                this_round[name] = rate
+                this_round[name] = rate = result["samples_per_s"] if result else None
                 rates[(name, world)].append(rate)
-                if name == "ddp_edf":
-                    ring_share[world].append(result.get("ring_rotating") if result else None)
-                    if world > 1 and ring_share[world][-1] is not None:
-                        probe += f", ring {100 * ring_share[world][-1]:.0f}% of steps"
                 if rate is not None:
-                    print(f"{label} {rate:>10,.0f} samples/s{probe}", flush=True)
-            for name in this_round:   # None where either run failed twice: rounds stay aligned with probes
+                    print(f"{label} {rate:>10,.0f} samples/s", flush=True)
+            for name in this_round:   # None where either run failed twice: rounds stay aligned
                 if name != "ddp_edf" and "ddp_edf" in this_round:
                     both = this_round["ddp_edf"] is not None and this_round[name] is not None
                     ratios[(name, world)].append(this_round["ddp_edf"] / this_round[name] if both else None)
@@ -190,18 +191,6 @@ def main():
         cells += ["-" if name == "ddp_edf" else f"{statistics.median(done(ratios[(name, w)])):.2f}x"
                   if done(ratios[(name, w)]) else "-" for w in args.worlds]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    for world in sorted({w for (_, w) in probes}):
-        fastest = min(min(v) for (n, w), v in probes.items() if w == world and v)
-        normal = {n: [common.in_normal_state(p, fastest) for p in v] for (n, w), v in probes.items() if w == world}
-        print(f"\nW={world}, rounds in which both runs began in the normal state (Allreduce probe < 1.5 x "
-              f"{fastest:.2f} ms):")
-        for name in names:
-            if name != "ddp_edf" and done(ratios.get((name, world), [])) and "ddp_edf" in normal:
-                kept = sorted(r for r, a, b in zip(ratios[(name, world)], normal["ddp_edf"], normal[name])
-                              if a and b and r is not None)
-                summary = f"median {statistics.median(kept):.2f}x ({' '.join(f'{r:.2f}' for r in kept)})" if kept \
-                    else "none"
-                print(f"  ddp_edf / {name}: {len(kept)} of {len(normal[name])} rounds, {summary}")
     if "ddp_edf" in systems and len(args.worlds) > 1:
         w0, w1 = args.worlds[0], args.worlds[1]
         if done(rates[("ddp_edf", w0)]) and done(rates[("ddp_edf", w1)]):
@@ -213,9 +202,7 @@ def main():
     Path(args.json).write_text(json.dumps({
         "machine": common.machine_summary(), "data": common.data_source(), "batch": args.batch,
         "rates": {f"{n}@{w}": v for (n, w), v in rates.items()},
-        "ratios": {f"ddp_edf/{n}@{w}": v for (n, w), v in ratios.items()},
-        "probes_allreduce_ms": {f"{n}@{w}": v for (n, w), v in probes.items()}, "missing": missing,
-        "ddp_edf_ring_rotating": {f"ddp_edf@{w}": v for w, v in ring_share.items()} if "ddp_edf" in systems else {},
+        "ratios": {f"ddp_edf/{n}@{w}": v for (n, w), v in ratios.items()}, "missing": missing,
         "check": check, "failures": failures}, indent=1))
 
 

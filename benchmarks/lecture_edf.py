@@ -1,8 +1,9 @@
-"""A straight transcription of the lecture's EDF (TTIC 31230, "The Core of EDF"), kept as the baseline.
+"""A straight transcription of the lecture's EDF (TTIC 31230, "The Core of EDF"): the baseline of
+benchmarks/step_throughput.py.
 
 Global node lists, Parameter.addgrad summing over the batch, and Affine's weight gradient built
-as the (B, I, J) broadcast product before that sum -- exactly as on the slides.  Do not use it for
-anything but comparison: ddp_edf.graph/ops are the engine.
+as the (B, I, J) broadcast product before that sum -- exactly as on the slides.  Use it for
+nothing but comparison: ddp_edf.engine (graph, ops) is the engine.
 """
 
 import numpy as np

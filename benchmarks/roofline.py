@@ -1,17 +1,18 @@
 """How close ddp_edf gets to the machine: the sgemm bound on samples/s, the cost of the gradient sum.
 
-    .venv/bin/python benchmarks/roofline.py [--batch 256] [--world 2] [--runs 5]
+    .venv/bin/python benchmarks/roofline.py [--batch 256] [--world 2] [--runs 5] [--seconds 2]
 
 1. FLOPs per training sample of the 784-256-10 MLP, counting the GEMMs a step needs:
    forward x W0 and h W1, backward dW0 = x^T dh, dW1 = h^T ds and dh = ds W1^T (no gradient for the
    images: nobody needs it).  Elementwise work (bias, relu, softmax, update) is < 1% of the FLOPs.
 2. NumPy's sustained float32 GEMM rate at exactly those shapes for a shard of B/W rows, one BLAS
-   thread: once on one core alone, once on every core at the same time (W processes), which is what
-   a W-rank step sees.  With OpenBLAS's own kernels and with those ddp_edf picks (ddp_edf/blas.py);
-   the bound uses the faster, so picking kernels cannot flatter the fraction.  Bound on samples/s = shard rows / time of the step's GEMMs, summed over ranks.
-3. The gradient sum between W ranks on this host: MPI Allreduce latency (8 bytes) and time for the
-   gradient (203,530 float32 + 3 flags), and the shared-memory reduction of ddp_edf.
-4. ddp_edf's measured throughput (the real training loop, median of --runs) as a fraction of the bound.
+   thread: once on one core alone, once on W processes at the same time (what a W-rank step sees).
+   Bound on samples/s = shard rows / time of the step's GEMMs, summed over ranks.
+3. The gradient sum between W ranks on this host: MPI Allreduce latency (8 bytes), the time of one
+   Allreduce of ddp_edf's buffer (203,530 float32 gradients + 2 flags), and for comparison the same
+   sum through an MPI-3 shared-memory window (copy in, sum a part, copy out).
+4. ddp_edf's measured throughput (Trainer.fit, benchmarks/workers/ddp_edf_worker.py, median of
+   --runs runs) as a fraction of both bounds.  Results: --json (default benchmarks/results/roofline.json).
 """
 
 import argparse
@@ -59,12 +60,9 @@ def gemm_seconds(rows: int, repeats: int = 200) -> float:
 
 
 def mpi_probe(rows: int):
-    """Under mpiexec: GEMMs on every rank at once, then Allreduce and shared-memory reduction timings."""
+    """Under mpiexec: GEMMs on every rank at once, then the Allreduce timings."""
     import numpy as np
     from mpi4py import MPI
-    sys.path.insert(0, str(common.ROOT))
-    from ddp_edf.dist.comm import MPIComm
-    from ddp_edf.dist.reduce import SharedMemoryAllreduce
     comm = MPI.COMM_WORLD
     comm.Barrier()
     seconds = gemm_seconds(rows)
@@ -84,11 +82,30 @@ def mpi_probe(rows: int):
     small, big = np.zeros(2, np.float32), np.zeros(common.GRADIENT, np.float32)
     latency = timed(lambda: comm.Allreduce(MPI.IN_PLACE, small, op=MPI.SUM))
     allreduce = timed(lambda: comm.Allreduce(MPI.IN_PLACE, big, op=MPI.SUM))
-    shared = SharedMemoryAllreduce(MPIComm(), common.GRADIENT, np.float32)
-    shared_time = timed(shared.reduce)
-    shared.close()
+    shared = timed(shared_memory_sum(comm, big, MPI)) if comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size() > 1 \
+        else None
     if comm.Get_rank() == 0:
-        common.emit({"rates": rates, "latency_s": latency, "allreduce_s": allreduce, "shared_s": shared_time})
+        common.emit({"rates": rates, "latency_s": latency, "allreduce_s": allreduce, "shared_memory_s": shared})
+
+
+def shared_memory_sum(comm, buffer, MPI):
+    """The alternative to MPI's Allreduce on one host, for comparison: the ranks' buffers side by side
+    in an MPI-3 shared window; copy mine in, barrier, sum my 1/L of the vector over the L copies,
+    barrier, copy the whole sum out (what a self-contained reducer behind the same call must do)."""
+    import numpy as np
+    host = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    L, r, n = host.Get_size(), host.Get_rank(), buffer.size
+    window = MPI.Win.Allocate_shared((L + 1) * n * 4 if r == 0 else 0, 4, comm=host)
+    table = np.ndarray(buffer=window.Shared_query(0)[0], dtype=np.float32, shape=(L + 1, n))
+    part = slice(r * n // L, (r + 1) * n // L)
+
+    def call():
+        table[r] = buffer
+        host.Barrier()
+        np.sum(table[:L, part], axis=0, out=table[L, part])
+        host.Barrier()
+        buffer[...] = table[L]     # the next call's first barrier orders this before the next sum
+    return call
 
 
 def main():
@@ -102,46 +119,41 @@ def main():
     args = parser.parse_args()
     if args.mpi_probe:
         return mpi_probe(args.mpi_probe)
+    if not 1 <= args.world <= args.batch:
+        parser.error("needs 1 <= --world <= --batch")
     rows = args.batch // args.world
     flops = flops_per_sample()
-    # The bound uses the faster of OpenBLAS's own kernels and those ddp_edf picks (ddp_edf/blas.py).
-    kernel = common.ddp_edf_blas_kernel()
-    kernels = {"native": {}, **({kernel: {"OPENBLAS_CORETYPE": kernel}} if kernel else {})}
-    alone_by_kernel = {name: rows / common.run_worker(
+    alone = rows / common.run_worker(
         [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(common.BENCH)!r}); "
-         f"import roofline, common; common.emit({{'s': roofline.gemm_seconds({rows})}})"], threads=1, extra_env=env)["s"]
-        for name, env in kernels.items()}
-    best = max(alone_by_kernel, key=alone_by_kernel.get)
-    alone = alone_by_kernel[best]
-    probe = common.run_worker([common.mpiexec_for(sys.executable), "-n", str(args.world), sys.executable, __file__,
-                               "--mpi-probe", str(rows)], threads=1, extra_env=kernels[best])
+         f"import roofline, common; common.emit({{'s': roofline.gemm_seconds({rows})}})"], threads=1)["s"]
+    probe = common.launch_mpi(sys.executable, __file__, args.world, ["--mpi-probe", rows])
     together = sum(probe["rates"])
     measured = [common.launch_mpi(sys.executable, str(common.BENCH / "workers" / "ddp_edf_worker.py"), args.world,
                                   ["--batch", args.batch, "--seconds", args.seconds])["samples_per_s"]
                 for _ in range(args.runs)]
     rate = statistics.median(measured)
+    kilobytes = common.GRADIENT * 4 / 1e3
     print(f"{common.machine_summary()}; W = {args.world} ranks x 1 BLAS thread, global batch {args.batch} "
           f"({rows} rows per rank)\n")
-    print(f"FLOPs per training sample (GEMMs):              {flops:,}")
-    for name, value in alone_by_kernel.items():
-        print(f"sgemm, one core alone, {name + ' kernels:':18s}   {value * flops / 1e9:.1f} GFLOP/s = {value:,.0f} samples/s")
-    print(f"sgemm at the step's shapes, one core alone:      {alone * flops / 1e9:.1f} GFLOP/s = {alone:,.0f} samples/s "
-          f"({best} kernels, the faster)")
-    print(f"sgemm, {args.world} ranks at once (sum over ranks):      {together * flops / 1e9:.1f} GFLOP/s = "
-          f"{together:,.0f} samples/s")
-    print(f"bound = {args.world} x one core alone:                   {args.world * alone:,.0f} samples/s")
-    print(f"Allreduce latency (8 B), {args.world} ranks:                {probe['latency_s'] * 1e6:.1f} us")
-    print(f"Allreduce of the gradient ({common.GRADIENT * 4 / 1e3:.0f} KB):          {probe['allreduce_s'] * 1e3:.3f} ms "
-          f"({common.GRADIENT * 4 / probe['allreduce_s'] / 1e9:.2f} GB/s)")
-    print(f"shared-memory reduction of the same buffer:     {probe['shared_s'] * 1e3:.3f} ms")
-    print(f"ddp_edf, median [min-max] of {args.runs} runs:            {common.fmt_rate(measured)} samples/s")
-    print(f"fraction of {args.world} x one core alone:                {rate / (args.world * alone):.1%}")
-    print(f"fraction of the all-ranks-at-once bound:        {rate / together:.1%}")
+    for label, value in (
+            ("FLOPs per training sample (GEMMs)", f"{flops:,}"),
+            ("sgemm at the step's shapes, one core alone", f"{alone * flops / 1e9:.1f} GFLOP/s = {alone:,.0f} samples/s"),
+            (f"sgemm, {args.world} ranks at once (sum over ranks)",
+             f"{together * flops / 1e9:.1f} GFLOP/s = {together:,.0f} samples/s"),
+            (f"bound = {args.world} x one core alone", f"{args.world * alone:,.0f} samples/s"),
+            (f"Allreduce latency (8 B), {args.world} ranks", f"{probe['latency_s'] * 1e6:.1f} us"),
+            (f"Allreduce of the gradient ({kilobytes:.0f} KB)",
+             f"{probe['allreduce_s'] * 1e3:.3f} ms ({common.GRADIENT * 4 / probe['allreduce_s'] / 1e9:.2f} GB/s)"),
+            ("the same sum through shared memory (copies)",
+             f"{probe['shared_memory_s'] * 1e3:.3f} ms" if probe["shared_memory_s"] else "- (one rank per host)"),
+            (f"ddp_edf, median [min-max] of {args.runs} runs", f"{common.fmt_rate(measured)} samples/s"),
+            (f"fraction of {args.world} x one core alone", f"{rate / (args.world * alone):.1%}"),
+            ("fraction of the all-ranks-at-once bound", f"{rate / together:.1%}")):
+        print(f"{label + ':':48s}{value}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({
         "machine": common.machine_summary(), "batch": args.batch, "world": args.world, "flops_per_sample": flops,
-        "one_core_samples_per_s": alone, "one_core_by_kernel": alone_by_kernel, "bound_kernels": best,
-        "all_ranks_samples_per_s": together, "probe": probe,
+        "one_core_samples_per_s": alone, "all_ranks_samples_per_s": together, "probe": probe,
         "ddp_edf_samples_per_s": measured}, indent=1))
 
 

@@ -12,7 +12,7 @@ for system in "${wanted[@]}"; do
   "$python" -m venv "$venv"
   case "$system" in
     torch)
-      # The development machines have the CPU wheel on local disk (pip's find-links).  Elsewhere the
+      # Where a local wheel directory holds the CPU wheel, pip takes it from there (find-links).  Elsewhere the
       # default Linux wheel brings CUDA libraries (GBs): set TORCH_INDEX to PyTorch's CPU-only wheel
       # index where it is reachable.
       "$venv/bin/pip" install -q numpy

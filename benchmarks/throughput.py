@@ -1,14 +1,14 @@
-"""Steady-state training throughput of ddp_edf: samples/s against world size and batch, with the step breakdown.
+"""Steady-state training throughput of ddp_edf: samples/s against world size and global batch.
 
     .venv/bin/python benchmarks/throughput.py [--worlds 1 2 4] [--batches 64 256 1024] [--runs 3] [--plot FILE]
+    .venv/bin/python benchmarks/throughput.py --replot --plot FILE     # redraw from the saved --json
 
 The 784-256-10 relu MLP, SGD with momentum, float32, Fashion-MNIST's 60k training images (or random
-MNIST-shaped ones), through the real training loop (benchmarks/workers/ddp_edf_worker.py: Trainer.run
-under mpiexec -n W).  One BLAS thread per rank; W = 1 is also run with every core as BLAS threads.
-Each configuration runs --runs times (>= --seconds timed after a warm-up), the configurations
-interleaved run by run; we print the median [min-max] samples/s and the median per-step time of each
-phase (data, forward, backward, allreduce = the gradient sum incl. waiting for the slowest rank,
-optimizer).  With 4 ranks on a 2-core machine the ranks share cores (oversubscribed).
+MNIST-shaped ones), trained by Trainer.fit under mpiexec -n W (benchmarks/workers/ddp_edf_worker.py).
+One BLAS thread per rank; W = 1 is also run with every core as BLAS threads.  Each configuration
+runs --runs times (>= --seconds timed after a warm-up), the configurations interleaved run by run;
+printed: the median [min-max] samples/s, and W = 2 / W = 1 per batch.  With more ranks than cores
+the ranks share cores (oversubscribed).  Results: --json (default benchmarks/results/throughput.json).
 """
 
 import argparse
@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 WORKER = str(common.BENCH / "workers" / "ddp_edf_worker.py")
-PHASES = ("data", "forward", "backward", "allreduce", "optimizer")
 
 
 def main():
@@ -31,47 +30,40 @@ def main():
     parser.add_argument("--batches", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--set", action="append", default=[], help="config override for every run")
     parser.add_argument("--json", default=str(common.BENCH / "results" / "throughput.json"))
     parser.add_argument("--plot", help="also draw samples/s against W into this PNG (needs matplotlib)")
     parser.add_argument("--replot", action="store_true", help="only redraw --plot from the saved --json")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     if args.replot:
+        if not args.plot:
+            parser.error("--replot needs --plot FILE")
         return plot(json.loads(Path(args.json).read_text())["results"], args.plot, cores)
     configs = [(w, b, 1) for b in args.batches for w in args.worlds]
     if cores > 1 and 1 in args.worlds:
         configs += [(1, b, cores) for b in args.batches]
     results = {c: [] for c in configs}
-    extra = [item for s in args.set for item in ("--set", s)]
     for run in range(args.runs):
         for world, batch, threads in configs:
-            r = common.run_worker(([common.mpiexec_for(sys.executable), "-n", str(world)] if world > 1 else [])
-                                  + [sys.executable, WORKER, "--batch", str(batch), "--seconds", str(args.seconds),
-                                     *extra], threads=threads)
-            results[(world, batch, threads)].append(r)
-            print(f"run {run + 1}: W={world} B={batch} threads/rank={threads}: {r['samples_per_s']:,.0f} samples/s",
-                  flush=True)
+            rate = common.launch_mpi(sys.executable, WORKER, world, ["--batch", batch, "--seconds", args.seconds],
+                                     threads=threads)["samples_per_s"]
+            results[(world, batch, threads)].append(rate)
+            print(f"run {run + 1}: W={world} B={batch} threads/rank={threads}: {rate:,.0f} samples/s", flush=True)
 
-    print(f"\n{common.machine_summary()}; data: {common.data_source()}; median [min-max] of {args.runs} runs; "
-          f"phases: median ms per step\n")
-    print("| W | BLAS threads/rank | global batch | samples/s | " + " | ".join(PHASES) + " |")
-    print("|--:|--:|--:|--:|" + "--:|" * len(PHASES))
+    print(f"\n{common.machine_summary()}; data: {common.data_source()}; median [min-max] of {args.runs} runs\n")
+    print("| W | BLAS threads/rank | global batch | samples/s |")
+    print("|--:|--:|--:|--:|")
     table = []
-    for (world, batch, threads), runs in results.items():
-        rates = [r["samples_per_s"] for r in runs]
-        phases = {p: statistics.median(r["breakdown_ms"][p] for r in runs) for p in PHASES}
-        table.append({"world": world, "batch": batch, "threads": threads, "rates": rates, "phases_ms": phases})
-        print(f"| {world} | {threads} | {batch} | {common.fmt_rate(rates)} | "
-              + " | ".join(f"{phases[p]:.3f}" for p in PHASES) + " |")
+    for (world, batch, threads), rates in results.items():
+        table.append({"world": world, "batch": batch, "threads": threads, "rates": rates})
+        print(f"| {world} | {threads} | {batch} | {common.fmt_rate(rates)} |")
     for batch in args.batches:
         if 1 in args.worlds and 2 in args.worlds:
-            one = statistics.median(r["samples_per_s"] for r in results[(1, batch, 1)])
-            two = statistics.median(r["samples_per_s"] for r in results[(2, batch, 1)])
+            one, two = (statistics.median(results[(w, batch, 1)]) for w in (1, 2))
             print(f"B={batch}: W=2 / W=1 (one thread per rank) = {two / one:.2f}x")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"machine": common.machine_summary(), "data": common.data_source(),
-                                           "overrides": args.set, "results": table}, indent=1))
+                                           "results": table}, indent=1))
     if args.plot:
         plot(table, args.plot, cores)
 

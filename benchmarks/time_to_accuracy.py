@@ -3,13 +3,17 @@
     benchmarks/setup_peers.sh torch      # once
     .venv/bin/python benchmarks/time_to_accuracy.py [--target 0.88] [--rounds 3] [--plot docs/time_to_accuracy.png]
 
-ddp_edf trains with configs/fashion_tta.toml (784-256-10 relu MLP, momentum SGD, cosine schedule,
-global batch 256, chosen on the dev split).  PyTorch DDP (gloo, CPU, torchrun) trains the same model
-on the same 50k images with the same optimizer and schedule; its batch and learning rate are the best
-of a small grid (--torch-grid), picked by ITS time to the target on the test set: generous to PyTorch.
+ddp_edf trains with --config (default configs/fashion_tta.toml: 784-256-10 relu MLP, momentum SGD,
+cosine schedule, global batch 256, chosen on the dev split) by the Trainer python -m ddp_edf.train
+builds from it (benchmarks/workers/tta_ddp_edf.py under mpiexec -n W).  PyTorch DDP (gloo, CPU,
+torchrun) trains the same model on the same 50k images with the same optimizer and schedule; its
+batch and learning rate are the best of a small grid (--torch-grid), picked by ITS time to the
+target on the test set: generous to PyTorch.
 Both clocks start at the first step and pause while the test accuracy is measured after every epoch.
 W = 1 runs with every core as BLAS/intra-op threads, W = 2 with one thread per rank.  The time to the
-target is the clock at the end of the first epoch whose test accuracy reaches it.
+target is the clock at the end of the first epoch whose test accuracy reaches it.  Each round runs
+every system once per W, in a rotating order; printed: the median [min-max] over --rounds rounds.
+Results: --json (default benchmarks/results/time_to_accuracy.json).
 """
 
 import argparse
@@ -59,7 +63,9 @@ def main():
         sys.exit("needs Fashion-MNIST: apt-get install dataset-fashion-mnist")
     systems = {"ddp_edf": lambda world: run_ddp_edf(world, args.config)}
     torch_choice = None
-    if common.venv_python("torch") and not args.no_torch:
+    if args.no_torch:
+        print("skipping torch_ddp: --no-torch")
+    elif common.venv_python("torch"):
         grid = []
         for pair in args.torch_grid:
             batch, lr = pair.split(":")

@@ -1,25 +1,26 @@
 """ddp_edf: the lecture's EDF computation-graph framework, trained data-parallel over MPI.
 
-Importing the engine (graph, ops, models, optim, gradcheck) never imports mpi4py.
-Importing ddp_edf before NumPy lets it pick OpenBLAS's fastest GEMM kernels for the CPU (see blas.py).
+    engine/     graph, ops, gradcheck, models, optimizers      (knows nothing of MPI or files)
+    data/       IDX datasets, splits, the epoch order          (knows nothing of graphs or MPI)
+    parallel/   communicators, agreement checks, faults        (knows nothing of ops)
+    training/   the Trainer, evaluation, checkpoints, reports  (uses all of the above)
+    train.py evaluate.py plot.py                               the command lines
+
+Importing ddp_edf imports neither mpi4py nor anything else with side effects.
 """
 
-from .blas import choose_openblas_kernel
+from .engine.gradcheck import gradcheck
+from .engine.graph import CompNode, Graph, Input, Parameter, ShapeError
+from .engine.models import Model, build_model, lecture_mlp, logistic_regression, mlp
+from .engine.ops import Add, Affine, ErrorRate, LogLoss, Relu, Sigmoid, Softmax, SoftmaxCrossEntropy, Tanh
+from .engine.optim import SGD, Adam, Schedule
+from .training.errors import Preempted, TrainingError
+from .training.trainer import Trainer
 
-# Must run before the first `import numpy` of the process: OpenBLAS reads its kernel choice once.
-BLAS_KERNEL_NOTE = choose_openblas_kernel()
-
-from .graph import CompNode, Graph, Input, Parameter, ShapeError  # noqa: E402
-from .gradcheck import gradcheck
-from .models import Model, build_model, lecture_mlp, logistic_regression, mlp
-from .ops import (Add, Affine, ErrorRate, LogLoss, Relu, Sigmoid, Softmax, SoftmaxCrossEntropy,
-                  Tanh)
-from .optim import SGD, Adam, learning_rate
-
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "Add", "Adam", "Affine", "CompNode", "ErrorRate", "Graph", "Input", "LogLoss", "Model",
-    "Parameter", "Relu", "SGD", "ShapeError", "Sigmoid", "Softmax", "SoftmaxCrossEntropy", "Tanh",
-    "build_model", "gradcheck", "learning_rate", "lecture_mlp", "logistic_regression", "mlp",
+    "Adam", "Add", "Affine", "CompNode", "ErrorRate", "Graph", "Input", "LogLoss", "Model", "Parameter",
+    "Preempted", "Relu", "SGD", "Schedule", "ShapeError", "Sigmoid", "Softmax", "SoftmaxCrossEntropy", "Tanh",
+    "Trainer", "TrainingError", "build_model", "gradcheck", "lecture_mlp", "logistic_regression", "mlp",
 ]

@@ -1,4 +1,4 @@
-"""The typed configuration: dataclasses whose defaults are configs/mnist_mlp.toml.
+"""The command line's typed configuration: dataclasses whose defaults are configs/mnist_mlp.toml.
 
 A TOML file overrides some keys, ``--set section.key=value`` overrides more; anything unknown,
 mistyped or out of range is a ConfigError naming the key, the value and what is allowed.
@@ -82,9 +82,6 @@ class DistConfig:
     check_every: int = 1000       # steps between parameter checksums across ranks (0 = only at the end)
     timeout_s: float = 300.0      # watchdog: abort when no step completes for this long (0 = off)
     nonfinite: str = "stop"       # non-finite loss: stop | skip (the step, on every rank)
-    reduction: str = "auto"       # gradient sum: allreduce | shared (MPI-3 shared memory per host) | auto
-    ring_mb: int = 64             # shared: rotate through buffer sets of at least this many MiB (0 = in place)
-    ring_autotune: bool = True    # ring: rank 0 times steps, pauses the ring while in place is faster
 
 
 @dataclass
@@ -111,7 +108,6 @@ CHOICES = {
     "optim.name": ("sgd", "adam"),
     "optim.schedule": ("constant", "step", "cosine"),
     "dist.nonfinite": ("stop", "skip"),
-    "dist.reduction": ("auto", "allreduce", "shared"),
 }
 # key -> (test, what is allowed)
 RANGES = {
@@ -135,7 +131,6 @@ RANGES = {
     "train.micro_batches": (lambda v: v >= 1, ">= 1"),
     "eval.every": (lambda v: v >= 0, ">= 0 (0 = every epoch)"),
     "eval.batch": (lambda v: v >= 1, ">= 1"),
-    "dist.ring_mb": (lambda v: v >= 0, ">= 0 (0 = update in place)"),
     "log.every": (lambda v: v >= 1, ">= 1"),
     "dist.check_every": (lambda v: v >= 0, ">= 0"),
     "dist.timeout_s": (lambda v: v >= 0, ">= 0 (0 = off)"),

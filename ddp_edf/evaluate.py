@@ -13,15 +13,15 @@ import json
 import os
 import sys
 
-from .checkpoint import CheckpointError, check_compatible, latest_checkpoint, load_checkpoint
-from .config import ConfigError, from_dict, to_dict, validate
+from .config import ConfigError, from_dict, validate
 from .data import DataError, load_dataset, prepare_dataset
-from .data.batches import BatchLoader
-from .dist.data_parallel import broadcast_params
-from .dist.faults import launch
-from .dist.threads import configure_blas_threads
-from .models import build_model
-from .trainer import evaluate
+from .engine.graph import Graph
+from .engine.models import build_model
+from .parallel.data_parallel import broadcast_params
+from .parallel.faults import launch
+from .parallel.threads import configure_blas_threads
+from .training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from .training.evaluation import evaluate
 
 EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError)
 
@@ -44,8 +44,12 @@ def read_checkpoint(path: str) -> dict:
         checkpoint = latest_checkpoint(path)
         if checkpoint is None:
             raise CheckpointError(f"{path} holds no valid checkpoint (looked in {path}/checkpoints)")
-        return checkpoint
-    return load_checkpoint(path)
+    else:
+        checkpoint = load_checkpoint(path)
+    if not isinstance(checkpoint["meta"].get("config"), dict):
+        raise CheckpointError(f"checkpoint {checkpoint['path']} holds no command-line config (it was written by a "
+                              f"Python script): evaluate it there with Trainer.evaluate")
+    return checkpoint
 
 
 def run(args, comm) -> int:
@@ -58,19 +62,21 @@ def run(args, comm) -> int:
         config.data.dir = args.data_dir
     validate(config)
     configure_blas_threads(comm.local_size)
-    data = config.data
+    data, m = config.data, config.model
     if comm.is_root:
         prepare_dataset(data.dataset, data.dir, allow_download=data.download)
     comm.barrier()
     dataset = load_dataset(data.dataset, data.dir, False, data.dev_size, data.train_limit)
-    m = config.model
-    model = build_model(m.kind, dataset.num_features, dataset.num_classes, m.hidden, m.activation, seed=m.init_seed)
+    model = build_model(m.kind, dataset.num_features, dataset.num_classes, m.hidden, m.activation, m.init_seed)
+    graph = Graph(model.outputs)
     if comm.is_root:
-        check_compatible(checkpoint, to_dict(config), [(p.name, p.value.shape) for p in model.graph.parameters])
-        model.graph.params[...] = checkpoint["params"]
-    broadcast_params(comm, model.graph.params)  # DDP: every rank evaluates rank 0's parameters
+        if saved["layout"] != graph.layout() or checkpoint["params"].shape != graph.params.shape:
+            raise CheckpointError(f"checkpoint {checkpoint['path']}: its parameters do not fit the model of its config")
+        graph.params[...] = checkpoint["params"]
+    broadcast_params(comm, graph.params)  # DDP: every rank evaluates rank 0's parameters
     split = getattr(dataset, args.split)
-    result = evaluate(model, split, comm, BatchLoader(dataset.num_features), args.batch or config.eval.batch)
+    result = evaluate(graph, model.loss, model.errors, (model.x, model.y), split, comm,
+                      args.batch or config.eval.batch)
     result = {"checkpoint": checkpoint["path"] if comm.is_root else None, "step": saved["step"],
               "split": args.split, "dataset": data.dataset, **result, "accuracy": 1.0 - result["error"]}
     if comm.is_root:

@@ -57,10 +57,10 @@ def draw(metrics: dict, title: str, output: Path):
             epoch_ends[record.get("epoch", 0)] = max(step, epoch_ends.get(record.get("epoch", 0), 0))
     for axis, key, ylabel in ((axes[0], "loss", "cross-entropy loss"), (axes[1], "error", "error rate")):
         for split in ("train", "dev"):
-            points = metrics.get(split, [])
+            points = [(s, r) for s, r in metrics.get(split, []) if key in r]   # a model may have no error
             if points:
                 axis.plot([s for s, _ in points], [r[key] for _, r in points], **STYLE[split])
-        for step, record in metrics.get("test", [])[-1:]:
+        for step, record in [(s, r) for s, r in metrics.get("test", []) if key in r][-1:]:
             axis.plot([step], [record[key]], "k*", ms=11, label=f"test {record[key]:.4f}", zorder=5)
         for end in sorted(epoch_ends.values())[:-1]:
             axis.axvline(end, color="0.6", lw=0.8, ls=":")  # epoch boundaries
@@ -68,7 +68,7 @@ def draw(metrics: dict, title: str, output: Path):
         axis.set_ylabel(ylabel)
         axis.grid(alpha=0.3)
         axis.legend(frameon=False)
-        values = [r[key] for split in ("train", "dev", "test") for _, r in metrics.get(split, [])]
+        values = [r[key] for split in ("train", "dev", "test") for _, r in metrics.get(split, []) if key in r]
         if values and min(values) > 0 and max(values) / min(values) > 20:
             axis.set_yscale("log")  # early losses would flatten the end of training, where the interest is
     epochs = max(epoch_ends) + 1

@@ -1,6 +1,8 @@
-"""python -m ddp_edf.train [--config PATH] [--set section.key=value ...] [--out DIR] [--init PATH]
+"""python -m ddp_edf.train [--config PATH] [--set section.key=value ...] [--out DIR] [--init PATH] [--resume auto|PATH]
 
 Runs in one process, or on every rank under mpirun / mpiexec / srun (detected; --dist forces).
+A thin layer: it builds the model, the data and the optimizer a config describes and hands them to
+the same Trainer a Python script uses (ddp_edf.Trainer).
 """
 
 from __future__ import annotations
@@ -8,27 +10,22 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import signal
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from . import BLAS_KERNEL_NOTE
-from .blas import loaded_kernel
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, write_atomically
-from .config import ConfigError, describe_keys, load_config, to_toml
-from .data import DataError
-from .dist.data_parallel import OutOfSyncError
-from .dist.faults import Watchdog, launch
-from .dist.threads import configure_blas_threads
-from .report import Reporter
-from .trainer import Preempted, Trainer, TrainingError
+from .config import ConfigError, describe_keys, load_config, to_dict, to_toml
+from .data import DataError, load_dataset, prepare_dataset
+from .engine.models import build_model
+from .engine.optim import SGD, Adam, Schedule
+from .parallel.data_parallel import OutOfSyncError
+from .parallel.faults import launch
+from .training.checkpoint import CheckpointError, write_atomically
+from .training.errors import EXIT_PREEMPTED, Preempted, TrainingError
+from .training.trainer import Trainer
 
 EXPECTED_ERRORS = (ConfigError, DataError, TrainingError, OutOfSyncError, CheckpointError)
-COLLECTIVE_ERRORS = (ConfigError, TrainingError, OutOfSyncError)
-# Exit code after SIGTERM/SIGUSR1: the step finished, a checkpoint was written; rerun with --resume auto.
-EXIT_PREEMPTED = 75
+# Raised alike on every rank (rank 0 decided, or all saw the same): printed once, by rank 0.
+COLLECTIVE_ERRORS = (ConfigError, TrainingError, OutOfSyncError, CheckpointError)
 
 
 def parse_args(argv):
@@ -49,77 +46,65 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def choose_out_dir(requested, config_path, comm, resuming=False) -> str:
+def choose_out_dir(requested, config_path, comm) -> str:
     """Rank 0 picks OUT (a fresh folder under runs/ by default) and tells the others."""
-    out = None
+    out = requested
+    if comm.is_root and not out:
+        stem = Path(config_path).stem if config_path else "mnist_mlp"
+        out = base = os.path.join("runs", f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{stem}")
+        suffix = 1
+        while os.path.exists(out):
+            suffix += 1
+            out = f"{base}-{suffix}"
+    return comm.broadcast_obj(out)
+
+
+def build_optimizer(o):
+    if o.name == "sgd":
+        return SGD(o.lr, o.momentum, o.nesterov, o.weight_decay)
+    return Adam(o.lr, (o.beta1, o.beta2), o.eps, o.weight_decay)
+
+
+def build_trainer(config, comm, out=None, echo=True) -> Trainer:
+    """The model, data and optimizer ``config`` describes, handed to the Trainer."""
+    data, m, o, t = config.data, config.model, config.optim, config.train
+    if comm.is_root:   # DDP: one rank downloads and decompresses while the others wait
+        prepare_dataset(data.dataset, data.dir, data.download)
+    comm.barrier()
+    dataset = load_dataset(data.dataset, data.dir, False, data.dev_size, data.train_limit)
+    model = build_model(m.kind, dataset.num_features, dataset.num_classes, m.hidden, m.activation, m.init_seed)
+    return Trainer(
+        model.loss, (model.x, model.y), dataset.train, errors=model.errors, dev=dataset.dev, test=dataset.test,
+        optimizer=build_optimizer(o), schedule=Schedule(o.schedule, o.warmup_steps, o.step_size, o.gamma, o.min_lr),
+        global_batch=t.global_batch, micro_batches=t.micro_batches, drop_last=t.drop_last, seed=t.seed,
+        out=out, checkpoint_every=config.checkpoint.every_steps, keep_checkpoints=config.checkpoint.keep,
+        log_every=config.log.every, eval_every=config.eval.every, eval_batch=config.eval.batch,
+        check_every=config.dist.check_every, timeout_s=config.dist.timeout_s, nonfinite=config.dist.nonfinite,
+        comm=comm, echo=echo, run_config=to_dict(config),
+        trajectory={"model": to_dict(config)["model"], "data.dataset": data.dataset, "data.dev_size": data.dev_size,
+                    "data.train_limit": data.train_limit, "train.global_batch": t.global_batch,
+                    "train.drop_last": t.drop_last, "optim.name": o.name})
+
+
+def write_config(out, config, seed, comm):
+    """OUT/config.toml: the resolved config with the data-order seed actually used (rank 0)."""
+    config.train.seed = seed
     if comm.is_root:
-        if requested:
-            out = requested
-        else:
-            stem = Path(config_path).stem if config_path else "mnist_mlp"
-            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-            out = os.path.join("runs", f"{stamp}-{stem}")
-            suffix = 1
-            while os.path.exists(out):
-                suffix += 1
-                out = os.path.join("runs", f"{stamp}-{stem}-{suffix}")
-        if not resuming and os.path.exists(os.path.join(out, "metrics.jsonl")):
-            out = ConfigError(f"--out {out} already holds a run (metrics.jsonl); choose another --out "
-                              f"so nothing saved there is overwritten, or continue it with --resume auto")
-    out = comm.broadcast_obj(out)
-    if isinstance(out, Exception):
-        raise out
-    return out
-
-
-def save_parameters(path, state: dict):
-    """An .npz keyed by parameter name, written atomically (never half-written)."""
-    write_atomically(path, lambda handle: np.savez(handle, **state))
-
-
-def find_resume_checkpoint(args, out, comm, reporter):
-    """Rank 0's checkpoint to resume from (None: start fresh; always None on other ranks)."""
-    if not args.resume or not comm.is_root:
-        return None
-    if args.resume == "auto":
-        return latest_checkpoint(out, warn=reporter.log)
-    return load_checkpoint(args.resume)
+        write_atomically(Path(out) / "config.toml", lambda handle: handle.write(to_toml(config).encode()))
 
 
 def run(args, comm) -> int:
     config = load_config(args.config, args.set)
-    out = choose_out_dir(args.out, args.config, comm, resuming=bool(args.resume))
-    threads_note = configure_blas_threads(comm.local_size)
-    reporter = Reporter(out, enabled=comm.is_root)
-    trainer = Trainer(config, comm, reporter, init_path=args.init)
-    trainer.out_dir = out
-    checkpoint = find_resume_checkpoint(args, out, comm, reporter)
-    if comm.broadcast_obj(checkpoint is not None):
-        trainer.resume_from(checkpoint)
-    config.train.seed = trainer.seed  # the resolved config records the seed actually used
-    if comm.is_root:
-        (Path(out) / "config.toml").write_text(to_toml(config))
-    reporter.log(f"out: {out}; {threads_note}; BLAS: {loaded_kernel()} kernels ({BLAS_KERNEL_NOTE})")
-    reporter.start_progress(trainer.total_steps)
-    watchdog = Watchdog(comm, config.dist.timeout_s).start()
-    trainer.on_step = watchdog.kick
-
-    def request_stop(signum, frame):
-        trainer.stop_requested = True  # acted on at the end of the current step, by every rank together
-    for signum in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(signum, request_stop)
+    out = choose_out_dir(args.out, args.config, comm)
+    trainer = build_trainer(config, comm, out)
+    if args.init:
+        trainer.load_parameters(args.init)
     try:
-        trainer.run()
-    except Preempted as stop:
-        reporter.log(f"{stop}; continue with --resume auto --out {out} (exit code {EXIT_PREEMPTED})")
-        reporter.close()
+        trainer.fit(config.train.epochs, config.train.max_steps, resume=args.resume)
+    except Preempted:
+        write_config(out, config, trainer.seed, comm)
         return EXIT_PREEMPTED
-    finally:
-        watchdog.stop()
-    if comm.is_root:
-        save_parameters(os.path.join(out, "model.npz"), trainer.graph.state_dict())
-    reporter.log(f"done: {trainer.step} steps; parameters in {os.path.join(out, 'model.npz')}")
-    reporter.close()
+    write_config(out, config, trainer.seed, comm)
     return 0
 
 
@@ -130,3 +115,4 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -10,7 +10,7 @@ import sys
 import time
 
 from ddp_edf import train
-from ddp_edf.trainer import Trainer
+from ddp_edf.training.trainer import Trainer
 
 
 def main():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ddp_edf import train as train_cli
-from ddp_edf.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from ddp_edf.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from idx_files import write_dataset
 
 
@@ -54,7 +54,7 @@ def test_checkpoint_content_and_keep(tiny_data, tmp_path):
     assert names == ["step-00000028.npz", "step-00000030.npz"]
     checkpoint = load_checkpoint(out / "checkpoints/step-00000030.npz")
     meta = checkpoint["meta"]
-    assert meta["step"] == 30 and meta["epoch"] == 3 and meta["seed"] == 3 and meta["format_version"] == 1
+    assert meta["step"] == 30 and meta["epoch"] == 3 and meta["seed"] == 3 and meta["format_version"] == 2
     assert meta["config"]["model"]["hidden"] == [8]
     assert set(checkpoint["optim"]) == {"m", "v", "steps_taken"}
 
@@ -80,7 +80,7 @@ def test_checkpoint_without_the_optimizer_state_is_refused(tiny_data, tmp_path, 
     assert train_cli.main(args_for(tiny_data, out, "--set", "optim.name=sgd", "--set", "optim.momentum=0.9",
                                    "--resume", "auto")) == 1
     error = capsys.readouterr().err
-    assert "lacks optimizer state 'velocity'" in error and "Traceback" not in error
+    assert "lacks the optimizer state 'velocity'" in error and "Traceback" not in error
 
 
 def small_checkpoint(out, step, value=1.0):
@@ -106,7 +106,7 @@ def test_pickle_payload_is_refused(tmp_path):
 
 WRITER = """
 import sys, numpy as np
-from ddp_edf.checkpoint import save_checkpoint
+from ddp_edf.training.checkpoint import save_checkpoint
 print('ready', flush=True)
 save_checkpoint(sys.argv[1], np.ones(150_000_000, np.float32), {}, {"step": 2, "layout": [], "config": {}}, keep=10)
 """

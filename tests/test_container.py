@@ -71,4 +71,4 @@ def test_install_and_default_command_work_in_a_fresh_venv(tmp_path):
     test = [r for r in records if r["split"] == "test"]
     assert len(test) == 1 and test[0]["error"] < 0.3
     log = (work / "runs/smoke/train.log").read_text()
-    assert "ranks: 2 (mpi," in log and str(data / "fashion-mnist") in log
+    assert "ranks: 2 (mpi)" in log and str(data / "fashion-mnist") in log

@@ -10,7 +10,7 @@ import pytest
 
 from ddp_edf.data import DataError, load_dataset
 from ddp_edf.data import datasets as ds
-from ddp_edf.data.batches import BatchLoader
+from ddp_edf.data import ArraySplit
 from idx_files import write_dataset
 
 
@@ -69,13 +69,25 @@ def test_splits_dev_is_the_last_training_images(isolated_data):
 def test_batch_loader_converts_to_float32_in_unit_interval(isolated_data):
     arrays = write_dataset(isolated_data / "d", n_train=50, n_test=10)
     data = load_dataset(f"idx:{isolated_data / 'd'}", dev_size=10)
-    loader = BatchLoader(data.num_features)
-    x, y = loader.load(data.train, np.array([3, 1, 4]))
+    x, y = data.train.batch(np.array([3, 1, 4]))
     assert x.dtype == np.float32
     np.testing.assert_allclose(x, arrays["train_images"][[3, 1, 4]].reshape(3, -1) / 255, rtol=1e-6)
     np.testing.assert_array_equal(y, arrays["train_labels"][[3, 1, 4]])
-    x2, _ = loader.load_range(data.dev, 2, 5)
+    x2, _ = data.dev.batch(slice(2, 5))
     np.testing.assert_allclose(x2, arrays["train_images"][42:45].reshape(3, -1) / 255, rtol=1e-6)
+
+
+def test_array_split_hands_over_rows_floats_in_the_graph_dtype(tmp_path):
+    x = np.arange(12, dtype=np.float64).reshape(6, 2)
+    memmap = np.lib.format.open_memmap(tmp_path / "y.npy", mode="w+", dtype=np.int64, shape=(6,))
+    memmap[:] = [5, 4, 3, 2, 1, 0]
+    split = ArraySplit(x, memmap)
+    assert len(split) == 6
+    xb, yb = split.batch(np.array([4, 1]))
+    assert xb.dtype == np.float32 and xb.tolist() == [[8, 9], [2, 3]] and yb.tolist() == [1, 4]
+    assert split.batch(slice(0, 2))[1].tolist() == [5, 4]
+    with pytest.raises(ValueError, match=r"one row per example, got lengths \[6, 5\]"):
+        ArraySplit(x, memmap[:5])
 
 
 class Mirror:

@@ -63,7 +63,9 @@ def test_backward_with_one_over_batch_gives_gradient_of_the_mean():
     np.testing.assert_allclose(batch_grad, np.mean(singles, axis=0), rtol=1e-12, atol=1e-15)
 
 
-def test_backward_zeroes_previous_gradients():
+def test_backward_zeroes_every_gradient_first():
+    """The lecture's Backward: whatever the buffers held before (an earlier step, garbage), every
+    parameter and node gradient starts from zero, so each op may simply add."""
     rng = np.random.default_rng(5)
     x, y, loss = small_net(rng)
     graph = Graph([loss], dtype=np.float64)
@@ -71,8 +73,39 @@ def test_backward_zeroes_previous_gradients():
     graph.forward()
     graph.backward(loss, 1.0)
     first = graph.grads.copy()
+    node_grads = [n.grad.copy() for n in graph.comp_nodes]
+    graph.grads[:] = np.nan
+    for node in graph.comp_nodes:
+        node.grad[...] = 1e30
     graph.backward(loss, 1.0)
     np.testing.assert_array_equal(graph.grads, first)
+    for node, before in zip(graph.comp_nodes, node_grads):
+        np.testing.assert_array_equal(node.grad, before)
+
+
+def test_accumulate_adds_to_the_parameter_gradients():
+    """accumulate=True (micro-batches) keeps what the parameter gradients hold and adds to it."""
+    rng = np.random.default_rng(6)
+    x, y, loss = small_net(rng)
+    graph = Graph([loss], dtype=np.float64)
+    x.value, y.value = rng.standard_normal((3, 4)), rng.integers(0, 2, 3)
+    graph.forward()
+    graph.backward(loss, 1.0)
+    once = graph.grads.copy()
+    graph.backward(loss, 1.0, accumulate=True)
+    np.testing.assert_allclose(graph.grads, 2 * once, rtol=1e-15)
+
+
+def test_grad_tail_shares_one_array_with_the_gradients():
+    x, y, loss = small_net(np.random.default_rng(0))
+    graph = Graph([loss], grad_tail=2)
+    n = graph.num_params
+    assert graph.grads_with_tail.shape == (n + 2,) and np.shares_memory(graph.grads, graph.grads_with_tail)
+    graph.grads_with_tail[-2:] = 5.0
+    x.value, y.value = np.ones((2, 4), np.float32), np.array([0, 1])
+    graph.forward()
+    graph.backward(loss, 0.5)
+    assert graph.grads_with_tail[-2:].tolist() == [5.0, 5.0]   # backward leaves the tail to its owner
 
 
 def test_shared_parameter_accumulates_both_uses():
@@ -105,45 +138,17 @@ def test_duplicate_parameter_names_are_refused():
         Graph([out])
 
 
+def graph_of(*args, **kwargs) -> Graph:
+    return Graph(build_model(*args, **kwargs).outputs)
+
+
 def test_state_dict_round_trip_and_mismatch_errors():
-    model = build_model("mlp", 6, 3, hidden=[4], seed=1)
-    other = build_model("mlp", 6, 3, hidden=[4], seed=2)
-    other.graph.load_state_dict(model.graph.state_dict())
-    np.testing.assert_array_equal(other.graph.params, model.graph.params)
+    model, other = graph_of("mlp", 6, 3, hidden=[4], seed=1), graph_of("mlp", 6, 3, hidden=[4], seed=2)
+    assert not np.array_equal(other.params, model.params)
+    other.load_state_dict(model.state_dict())
+    np.testing.assert_array_equal(other.params, model.params)
+    assert model.layout() == [["fc0.W", [6, 4]], ["fc0.b", [4]], ["fc1.W", [4, 3]], ["fc1.b", [3]]]
     with pytest.raises(ValueError, match="'fc0.W' has shape"):
-        build_model("mlp", 6, 3, hidden=[5]).graph.load_state_dict(model.graph.state_dict())
+        graph_of("mlp", 6, 3, hidden=[5]).load_state_dict(model.state_dict())
     with pytest.raises(ValueError, match=r"missing \['fc2.W', 'fc2.b'\]"):
-        build_model("mlp", 6, 3, hidden=[4, 4]).graph.load_state_dict(model.graph.state_dict())
-
-
-def test_step_allocates_no_new_buffers_when_warm():
-    """Activation buffers are reused across steps of the same batch size."""
-    model = build_model("mlp", 8, 3, hidden=[5])
-    rng = np.random.default_rng(0)
-    model.x.value = rng.random((4, 8), dtype=np.float32)
-    model.y.value = rng.integers(0, 3, 4)
-    model.graph.forward()
-    model.graph.backward(model.loss, 0.25)
-    hidden = model.graph.comp_nodes[0]
-    value_id, grad_id = id(hidden.value), id(hidden.grad)
-    model.graph.forward()
-    model.graph.backward(model.loss, 0.25)
-    assert id(hidden.value) == value_id and id(hidden.grad) == grad_id
-
-
-def test_views_can_be_restored_after_moving_to_other_buffers():
-    """What the trainer does with a ring of buffers: move, remember, come back without slicing again."""
-    model = build_model("mlp", 6, 3, hidden=[4], seed=1)
-    graph = model.graph
-    first = graph.views()
-    other_params, other_grads = graph.params.copy() + 1, np.zeros_like(graph.grads)
-    graph.params_into(other_params)
-    graph.grads_into(other_grads)
-    W = graph.parameter("fc0.W")
-    assert np.shares_memory(W.value, other_params) and np.shares_memory(W.grad, other_grads)
-    second = graph.views()
-    graph.restore_views(first)
-    assert graph.params is first[0] and graph.grads is first[1]
-    assert all(p.value is value and p.grad is grad for p, value, grad in first[2])
-    graph.restore_views(second)
-    assert graph.params is other_params and np.shares_memory(W.value, other_params)
+        graph_of("mlp", 6, 3, hidden=[4, 4]).load_state_dict(model.state_dict())

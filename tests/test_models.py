@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ddp_edf import build_model, gradcheck
+from ddp_edf import Graph, build_model, gradcheck
 
 
 def random_batch(model, rng, batch, n_in, n_classes):
@@ -19,40 +19,38 @@ def random_batch(model, rng, batch, n_in, n_classes):
     ("lecture_mlp", [6], "relu"),
 ])
 def test_model_gradients_match_central_differences(kind, hidden, activation):
-    model = build_model(kind, 8, 4, hidden=hidden, activation=activation, seed=3, dtype=np.float64)
+    model = build_model(kind, 8, 4, hidden=hidden, activation=activation, seed=3)
     random_batch(model, np.random.default_rng(0), 5, 8, 4)
-    report = gradcheck(model.graph, model.loss)
+    report = gradcheck(Graph(model.outputs, dtype=np.float64), model.loss)
     assert report.ok, str(report)
 
 
 def test_parameter_names_and_shapes():
-    mlp = build_model("mlp", 784, 10, hidden=[256, 128])
-    assert [(p.name, p.value.shape) for p in mlp.graph.parameters] == [
+    mlp = Graph(build_model("mlp", 784, 10, hidden=[256, 128]).outputs)
+    assert [(p.name, p.value.shape) for p in mlp.parameters] == [
         ("fc0.W", (784, 256)), ("fc0.b", (256,)), ("fc1.W", (256, 128)), ("fc1.b", (128,)),
         ("fc2.W", (128, 10)), ("fc2.b", (10,))]
-    logreg = build_model("logreg", 784, 10)
-    assert [(p.name, p.value.shape) for p in logreg.graph.parameters] == [("fc0.W", (784, 10)), ("fc0.b", (10,))]
-    assert mlp.graph.params.dtype == np.float32
+    logreg = Graph(build_model("logreg", 784, 10).outputs)
+    assert [(p.name, p.value.shape) for p in logreg.parameters] == [("fc0.W", (784, 10)), ("fc0.b", (10,))]
+    assert mlp.params.dtype == np.float32
 
 
 def test_same_seed_same_parameters_other_seed_different():
-    a = build_model("mlp", 50, 10, hidden=[30], seed=7).graph.params
-    b = build_model("mlp", 50, 10, hidden=[30], seed=7).graph.params
-    c = build_model("mlp", 50, 10, hidden=[30], seed=8).graph.params
+    a, b, c = (Graph(build_model("mlp", 50, 10, hidden=[30], seed=s).outputs).params for s in (7, 7, 8))
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
 
 def test_initialisation_scales():
     """He: std sqrt(2 / I) before Relu; Glorot uniform: |W| <= sqrt(6 / (I + J)); biases 0."""
-    relu = build_model("mlp", 784, 10, hidden=[256], activation="relu", seed=0).graph
+    relu = Graph(build_model("mlp", 784, 10, hidden=[256], activation="relu", seed=0).outputs)
     W0 = relu.parameter("fc0.W").value
     assert abs(W0.std() / np.sqrt(2 / 784) - 1) < 0.02
     W1 = relu.parameter("fc1.W").value
     limit = np.sqrt(6 / (256 + 10))
     assert np.abs(W1).max() <= limit and np.abs(W1).max() > 0.95 * limit
     assert not relu.parameter("fc0.b").value.any()
-    tanh = build_model("mlp", 784, 10, hidden=[256], activation="tanh", seed=0).graph
+    tanh = Graph(build_model("mlp", 784, 10, hidden=[256], activation="tanh", seed=0).outputs)
     assert np.abs(tanh.parameter("fc0.W").value).max() <= np.sqrt(6 / (784 + 256))
 
 
@@ -73,13 +71,14 @@ def test_mlp_learns_a_separable_problem():
     y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
     model = build_model("mlp", 5, 2, hidden=[16], seed=0)
     model.x.value, model.y.value = x, y
-    optimizer = SGD(model.graph.params, model.graph.grads, momentum=0.9)
-    model.graph.forward()
+    graph = Graph(model.outputs)
+    optimizer = SGD(lr=0.1, momentum=0.9)
+    graph.forward()
     first_loss = model.loss.value.mean()
     for _ in range(200):
-        model.graph.forward()
-        model.graph.backward(model.loss, 1 / 64)
-        optimizer.step(0.1)
-    model.graph.forward()
+        graph.forward()
+        graph.backward(model.loss, 1 / 64)
+        optimizer.step(graph.params, graph.grads)
+    graph.forward()
     assert model.loss.value.mean() < 0.2 * first_loss
     assert model.errors.value.mean() <= 1 / 64

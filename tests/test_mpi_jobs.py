@@ -53,10 +53,7 @@ def test_one_rank_raising_aborts_the_job_with_its_traceback(job_args, tmp_path):
 
 
 def test_diverged_parameters_are_detected(job_args, tmp_path):
-    # Private parameters per rank (with dist.reduction = shared the ranks of a host hold ONE copy,
-    # which cannot diverge between them; hosts are then compared by the same check).
-    result, _ = run_job(3, injected("diverge", 1, 4, tmp_path / "r", job_args, "--set", "dist.check_every=5",
-                                    "--set", "dist.reduction=allreduce"))
+    result, _ = run_job(3, injected("diverge", 1, 4, tmp_path / "r", job_args, "--set", "dist.check_every=5"))
     assert result.returncode != 0
     assert "parameters diverged at step 5: rank 1 differs from rank 0 first in 'fc1.b'" in result.stderr, result.stderr[-3000:]
 

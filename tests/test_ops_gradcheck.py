@@ -146,3 +146,52 @@ def test_students_own_op_passes():
     x = Input("x", np.random.default_rng(1).standard_normal((3, 2)), requires_grad=True)
     y = Square(x)
     assert gradcheck(Graph([y], dtype=np.float64), y).ok
+
+
+# -- Ops written exactly as on the lecture's slides ------------------------------------------------
+# The engine's contract: backward zeroes every gradient, then each op adds.  An op that writes
+# `self.x.grad += ...` (the slide's Sigmoid) or calls `self.x.addgrad(...)` must be correct, also
+# after an Affine, also when its input is used twice, and over several backward passes.
+
+class SlideSigmoid(CompNode):
+    """The lecture's Sigmoid class, line for line (its forward; its backward with `+=`)."""
+
+    def __init__(self, x):
+        super().__init__(x)
+        self.x = x
+
+    def forward(self):
+        self.value = 1. / (1. + np.exp(-self.x.value))
+
+    def backward(self):
+        self.x.grad += self.grad * self.value * (1. - self.value)
+
+
+class SlideSigmoidAddgrad(SlideSigmoid):
+    def backward(self):
+        self.x.addgrad(self.grad * self.value * (1. - self.value))
+
+
+def slide_affine(rng):
+    x = Input("x", rng.standard_normal((B, I)))
+    return Affine(x, Parameter("W", rng.standard_normal((I, J))), Parameter("b", rng.standard_normal(J)))
+
+
+@pytest.mark.parametrize("op", [SlideSigmoid, SlideSigmoidAddgrad])
+def test_slide_style_op_after_affine_is_correct(op):
+    out = op(slide_affine(np.random.default_rng(7)))
+    graph = Graph([out], dtype=np.float64)
+    report = gradcheck(graph, out)
+    assert report.ok and [c.name for c in report.checks] == ["W", "b"], str(report)
+    again = gradcheck(graph, out)     # a second pass over the same buffers: still zeroed first
+    assert again.ok, str(again)
+
+
+@pytest.mark.parametrize("op", [SlideSigmoid, SlideSigmoidAddgrad])
+def test_slide_style_op_used_twice_and_in_a_loss(op):
+    rng = np.random.default_rng(8)
+    h = slide_affine(rng)
+    scores = Add(op(h), op(h))        # the Affine's gradient receives two slide-style contributions
+    loss = SoftmaxCrossEntropy(scores, Input("y", rng.integers(0, J, B)))
+    report = gradcheck(Graph([loss], dtype=np.float64), loss)
+    assert report.ok, str(report)

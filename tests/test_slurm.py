@@ -97,7 +97,7 @@ def test_smoke_job_on_two_tasks(slurm, tmp_path):
     job = submit(out, log)
     wait_until_done(job, log)
     text = log.read_text()
-    assert "ranks: 2 (mpi," in text, text
+    assert "ranks: 2 (mpi)" in text, text
     test = [r for r in records(out) if r["split"] == "test"]
     assert len(test) == 1 and test[0]["step"] == 60 and test[0]["error"] < 0.3, test
     assert (out / "model.npz").exists() and checkpoints(out) == [60]

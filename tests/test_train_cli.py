@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from ddp_edf import train as train_cli
-from ddp_edf.blas import preferred_kernel
 from idx_files import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,11 +36,12 @@ def test_outputs_of_a_run(tiny_data, tmp_path):
     assert train_cli.main(tiny_args(tiny_data, out)) == 0
     records = read_metrics(out)
     for record in records:
-        assert {"step", "epoch", "split", "loss", "error", "samples_per_s", "elapsed_s"} <= set(record)
+        assert {"step", "epoch", "split", "loss", "error", "elapsed_s"} <= set(record)
     splits = [r["split"] for r in records]
     assert splits.count("dev") == 2 and splits[-1] == "test" and "train" in splits
     train = [r for r in records if r["split"] == "train"]
-    assert all(k in train[0] for k in ("forward_ms", "backward_ms", "allreduce_ms", "optimizer_ms", "data_ms"))
+    assert all(r["samples_per_s"] > 0 and r["lr"] == 0.1 for r in train)
+    assert records[-1]["epoch"] == 1
     assert records[-1]["step"] == 2 * 10   # 160 training examples / 16 per batch, 2 epochs
     with np.load(out / "model.npz", allow_pickle=False) as params:
         assert sorted(params.files) == ["fc0.W", "fc0.b", "fc1.W", "fc1.b"]
@@ -115,13 +115,7 @@ def test_runs_without_mpi4py(tiny_data, tmp_path):
     result = subprocess.run([sys.executable, "-m", "ddp_edf.train", *tiny_args(tiny_data, tmp_path / "r")[2:]],
                             capture_output=True, text=True, cwd=ROOT, env=env)
     assert result.returncode == 0, result.stderr
-    assert "ranks: 1 (serial," in result.stdout
-    # the log names the BLAS kernels loaded: ddp_edf's choice for this CPU, if it makes one
-    blas_line = next(line for line in result.stdout.splitlines() if "BLAS: " in line)
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    wanted = preferred_kernel({k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS", "DDP_EDF"))},
-                              cpuinfo)[0]
-    assert wanted is None or f" {wanted} kernels" in blas_line, blas_line
+    assert "ranks: 1 (serial)" in result.stdout
     forced = subprocess.run([sys.executable, "-m", "ddp_edf.train", "--dist", "mpi"], capture_output=True,
                             text=True, cwd=ROOT, env=env)
     assert forced.returncode == 1 and "mpi4py cannot be imported" in forced.stderr

@@ -1,10 +1,13 @@
 """Time to accuracy, ddp_edf: train with a config; after every epoch, pause the clock and measure test accuracy.
 
-    [mpiexec -n W] python benchmarks/workers/tta_ddp_edf.py --config configs/fashion_tta.toml
+    [mpiexec -n W] python benchmarks/workers/tta_ddp_edf.py --config configs/fashion_tta.toml [--set KEY=VALUE ...]
 
-Prints (rank 0) the training wall time at the end of each epoch (from the first step, test
-evaluations excluded, everything else included: data, steps, the per-epoch dev evaluation) and the
-test accuracy there.
+The trainer is the one ``python -m ddp_edf.train`` builds from the config (ddp_edf.train.build_trainer),
+with no output folder.  Trainer.fit runs one epoch at a time, the learning-rate schedule spanning the
+whole run, so the steps are exactly those of one fit over every epoch.  Between two fits the clock
+pauses while the test accuracy is measured.  Rank 0 prints, for each epoch, the training wall time
+from the first step (test evaluations excluded; everything else included: data, steps, the
+per-epoch dev evaluation) and the test accuracy there.
 """
 
 import argparse
@@ -14,36 +17,53 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
-from ddp_edf_worker import CapturingReporter  # noqa: E402
 
 from ddp_edf.config import load_config  # noqa: E402
-from ddp_edf.dist.comm import make_comm  # noqa: E402
-from ddp_edf.dist.threads import configure_blas_threads  # noqa: E402
-from ddp_edf.trainer import Trainer, evaluate  # noqa: E402
+from ddp_edf.parallel.comm import make_comm  # noqa: E402
+from ddp_edf.train import build_trainer  # noqa: E402
+
+
+class WholeRun:
+    """A schedule with the run's total steps fixed: fit passes the total of the current call only."""
+
+    def __init__(self, schedule, total_steps: int):
+        self.schedule, self.total_steps = schedule, total_steps
+
+    def __call__(self, step: int, base_lr: float, total_steps: int = 0) -> float:
+        return self.schedule(step, base_lr, self.total_steps)
+
+
+def fit_by_epoch(trainer, epochs: int, max_steps: int = 0, after_epoch=lambda epoch: None):
+    """trainer.fit(epochs, max_steps), one epoch per call, ``after_epoch(epoch)`` (from 1) after each."""
+    per_epoch = trainer.steps_per_epoch
+    total = min(epochs * per_epoch, max_steps or epochs * per_epoch)
+    trainer.schedule = WholeRun(trainer.schedule, total)
+    while trainer.step < total:
+        epoch = trainer.step // per_epoch + 1
+        trainer.fit(epochs, max_steps=min(epoch * per_epoch, total))
+        after_epoch(epoch)
 
 
 def main():
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(common.ROOT / "configs" / "fashion_tta.toml"))
-    parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--set", action="append", default=[], help="config override, e.g. train.epochs=5")
     args = parser.parse_args()
     comm = make_comm("auto")
-    configure_blas_threads(comm.local_size)
     config = load_config(args.config, ["log.every=1000000000", "dist.check_every=0", *args.set])
-    trainer = Trainer(config, comm, CapturingReporter())
+    trainer = build_trainer(config, comm, out=None, echo=False)
+    test, trainer.test = trainer.test, None   # measured here, clock paused, not in fit's own time
     curve, clock = [], {"paused": 0.0}
 
     def test_accuracy(epoch):
         paused = time.perf_counter()
         elapsed = paused - clock["start"] - clock["paused"]
-        test = evaluate(trainer.model, trainer.dataset.test, comm, trainer.loader, config.eval.batch)
-        curve.append({"epoch": epoch + 1, "seconds": elapsed, "accuracy": 1.0 - test["error"]})
+        curve.append({"epoch": epoch, "seconds": elapsed, "accuracy": 1.0 - trainer.evaluate(test)["error"]})
         clock["paused"] += time.perf_counter() - paused
 
-    trainer.on_epoch_end = test_accuracy
     comm.barrier()
     clock["start"] = time.perf_counter()
-    trainer.run()
+    fit_by_epoch(trainer, config.train.epochs, config.train.max_steps, test_accuracy)
     if comm.is_root:
         common.emit({"system": "ddp_edf", "world": comm.world_size, "curve": curve})
 

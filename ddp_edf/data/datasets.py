@@ -23,6 +23,7 @@ import numpy as np
 from .download import download
 from .errors import DataError
 from .idx import decompress_idx, read_idx
+from .splits import ImageSplit
 
 ROLES = ("train_images", "train_labels", "test_images", "test_labels")
 FILE_NAMES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
@@ -141,23 +142,11 @@ def prepare_dataset(name: str, data_dir: str = "", allow_download: bool = True, 
 
 
 @dataclass
-class Split:
-    """Images as a read-only uint8 (N, 784) memory map, labels as int64 (N,)."""
-
-    name: str
-    images: np.ndarray
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-@dataclass
 class Dataset:
     name: str
-    train: Split
-    dev: Split
-    test: Split
+    train: ImageSplit
+    dev: ImageSplit
+    test: ImageSplit
     num_classes: int
     source: str          # the folder the files came from, for the log
 
@@ -198,11 +187,12 @@ def load_dataset(name: str, data_dir: str = "", allow_download: bool = False, de
     n_train = n - dev_size
     if train_limit:
         n_train = min(n_train, train_limit)
+    source = f"{name} from {locate(name, data_dir, allow_download=False)['train_images'].parent}"
     return Dataset(
         name=name,
-        train=Split("train", train_images[:n_train], train_labels[:n_train]),
-        dev=Split("dev", train_images[n - dev_size:], train_labels[n - dev_size:]),
-        test=Split("test", test_images, test_labels),
+        train=ImageSplit(train_images[:n_train], train_labels[:n_train], "train", source),
+        dev=ImageSplit(train_images[n - dev_size:], train_labels[n - dev_size:], "dev", source),
+        test=ImageSplit(test_images, test_labels, "test", source),
         num_classes=num_classes,
-        source=str(locate(name, data_dir, allow_download=False)["train_images"].parent),
+        source=source,
     )

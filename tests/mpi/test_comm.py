@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ddp_edf.dist.comm import MPIComm, launched_by_mpi
-from ddp_edf.dist.data_parallel import OutOfSyncError, check_in_sync
+from ddp_edf.parallel.comm import MPIComm, launched_by_mpi
+from ddp_edf.parallel.data_parallel import OutOfSyncError, check_in_sync
 
 
 def agree(comm, ok: bool, message: str = ""):

@@ -1,1 +1,0 @@
-"""The distributed layer: communicators and the data-parallel helpers.  It knows nothing of ops."""

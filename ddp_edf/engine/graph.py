@@ -1,0 +1,228 @@
+"""The computation graph of the lecture: Input, Parameter, CompNode, and the Graph that runs them.
+
+A model is a DAG of nodes.  Every node has a ``value`` and, after ``Graph.backward``, a ``grad`` of
+the same shape holding d(loss)/d(value).  Backward keeps the lecture's contract: it first sets every
+gradient to zero, then each op *adds* its contribution (``x.grad += ...`` or ``x.addgrad(...)``), so
+a node used twice receives the sum of both, and an op written exactly as on the slides is correct.
+
+Departures from the lecture's sketch, each for a reason:
+
+* No module-level node lists: ``Graph(outputs)`` finds the nodes by a depth-first search over
+  *ordered* tuples, so the order (and every float sum) is the same on every run.
+* ``Parameter.addgrad`` does not sum over the batch: each op adds a batch-summed gradient (Affine's
+  ``W.grad += x.T @ y.grad`` is one GEMM instead of the lecture's (B, I, J) tensor).
+* The loss seed ``1/nBatch`` is an argument of ``Graph.backward``: under data parallelism it is
+  one over the *global* batch size, not over this rank's shard.
+* All parameters live in one flat buffer (``Graph.params``), their gradients in another
+  (``Graph.grads``), each ``.value``/``.grad`` a view: an optimizer step or an Allreduce is one array.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class ShapeError(ValueError):
+    """An op received inputs whose shapes do not fit together."""
+
+
+class Node:
+    """Anything with a value: the common base of Input, Parameter and CompNode."""
+
+    name: str = ""
+    value: np.ndarray | None = None
+    grad: np.ndarray | None = None
+    # Does a parameter (or a gradient-checked input) lie upstream?  Ops skip the gradient of
+    # inputs that need none, e.g. the image batch x, and backward skips nodes that need none.
+    needs_grad: bool = False
+    inputs: tuple[Node, ...] = ()
+
+    def addgrad(self, delta):
+        """The lecture's accumulation: x.grad += (one consumer's contribution)."""
+        self.grad += delta
+
+    def describe(self) -> str:
+        label = f"{type(self).__name__} '{self.name}'" if self.name else type(self).__name__
+        return label if self.value is None else f"{label} {tuple(np.shape(self.value))}"
+
+
+class Input(Node):
+    """A value set for each batch (images x, labels y).  As in the lecture it has no gradient and
+    ``addgrad`` does nothing; ``requires_grad=True`` keeps one (gradient checks of an op's inputs)."""
+
+    def __init__(self, name: str = "", value=None, requires_grad: bool = False):
+        self.name = name
+        self.value = value
+        self.needs_grad = requires_grad
+
+    def addgrad(self, delta):
+        if self.needs_grad:
+            self.grad += delta
+
+
+class Parameter(Node):
+    """A trained array with no batch index.  Its name (``fc0.W``) is stable: checkpoints key on it."""
+
+    needs_grad = True
+
+    def __init__(self, name: str, value):
+        if not name:
+            raise ValueError("a Parameter needs a name, e.g. 'fc0.W'")
+        self.name = name
+        self.value = np.asarray(value)
+
+
+class CompNode(Node):
+    """A computed node.  Subclasses set ``self.value`` in forward() and add to their inputs'
+    gradients in backward(); the graph zeroes every gradient before each backward pass."""
+
+    def __init__(self, *inputs: Node, name: str = ""):
+        self.inputs = inputs
+        self.name = name
+        self.needs_grad = any(node.needs_grad for node in inputs)
+
+    def forward(self):
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self):
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    def shape_error(self, message: str) -> ShapeError:
+        shapes = ", ".join(node.describe() for node in self.inputs)
+        label = f"{type(self).__name__} '{self.name}'" if self.name else type(self).__name__
+        return ShapeError(f"{label}: {message} (inputs: {shapes})")
+
+
+def topological_order(outputs) -> list[Node]:
+    """Every node reachable from ``outputs``, each after all of its inputs.
+
+    A depth-first search over the ordered ``inputs`` tuples (never a set), so the order is a pure
+    function of how the graph was built.
+    """
+    order: list[Node] = []
+    visited: set[int] = set()
+
+    def visit(node: Node):
+        if id(node) in visited:
+            return
+        visited.add(id(node))
+        for parent in node.inputs:
+            visit(parent)
+        order.append(node)
+
+    for output in outputs:
+        visit(output)
+    return order
+
+
+class Graph:
+    """The nodes reachable from ``outputs``, in a fixed order, with parameters packed flat.
+
+    ``dtype`` is float32 for training and float64 for gradient checks: the same engine either way.
+    ``grad_tail`` spare slots follow the gradients in one array, ``grads_with_tail``, for numbers a
+    caller wants to sum together with them (the trainer's flags ride in its one Allreduce).
+    """
+
+    def __init__(self, outputs, dtype=np.float32, grad_tail: int = 0):
+        self.outputs = tuple(outputs)
+        self.dtype = np.dtype(dtype)
+        self.nodes = topological_order(self.outputs)
+        self.comp_nodes = [n for n in self.nodes if isinstance(n, CompNode)]
+        self.parameters = [n for n in self.nodes if isinstance(n, Parameter)]
+        self.inputs_with_grad = [n for n in self.nodes if isinstance(n, Input) and n.needs_grad]
+        names = [p.name for p in self.parameters]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"two parameters are named '{name}': parameter names must be unique")
+        self._pack_parameters(grad_tail)
+        self._ancestors: dict[int, list[CompNode]] = {}
+
+    def _pack_parameters(self, grad_tail: int):
+        """Copy every parameter into one flat buffer and make ``p.value``/``p.grad`` views into it."""
+        sizes = [p.value.size for p in self.parameters]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        n = int(self.offsets[-1])
+        self.params = np.empty(n, dtype=self.dtype)
+        self.grads_with_tail = np.zeros(n + grad_tail, dtype=self.dtype)
+        self.grads = self.grads_with_tail[:n]
+        for p, start, stop in zip(self.parameters, self.offsets[:-1], self.offsets[1:]):
+            shape = p.value.shape
+            self.params[start:stop] = np.asarray(p.value, dtype=self.dtype).ravel()
+            p.value = self.params[start:stop].reshape(shape)
+            p.grad = self.grads[start:stop].reshape(shape)
+
+    # -- parameters by name ---------------------------------------------------------------
+
+    @property
+    def num_params(self) -> int:
+        return int(self.params.size)
+
+    def parameter(self, name: str) -> Parameter:
+        for p in self.parameters:
+            if p.name == name:
+                return p
+        raise KeyError(f"no parameter named '{name}'; the graph has {[p.name for p in self.parameters]}")
+
+    def layout(self) -> list:
+        """[[name, shape], ...] in buffer order: what a checkpoint must match."""
+        return [[p.name, list(p.value.shape)] for p in self.parameters]
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """A copy of every parameter, keyed by its stable name."""
+        return {p.name: p.value.copy() for p in self.parameters}
+
+    def load_state_dict(self, state, source: str = "the given parameters"):
+        """Overwrite the parameters from ``{name: array}``; names and shapes must match exactly."""
+        expected = {p.name: p.value.shape for p in self.parameters}
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"{source} do not fit this model: missing {missing or 'none'}, unexpected "
+                             f"{unexpected or 'none'}; the model has {list(expected)}")
+        for p in self.parameters:
+            array = np.asarray(state[p.name])
+            if array.shape != p.value.shape:
+                raise ValueError(f"{source}: '{p.name}' has shape {array.shape} but the model needs {p.value.shape}")
+            p.value[...] = array
+
+    # -- running it -------------------------------------------------------------------------
+
+    def forward(self):
+        """The lecture's Forward(): every computed node, inputs before consumers."""
+        for node in self.comp_nodes:
+            node.forward()
+
+    def backward(self, loss: Node, grad_scale=1.0, accumulate: bool = False):
+        """The lecture's Backward(loss): zero every gradient, seed ``loss.grad``, run backward in reverse.
+
+        ``grad_scale`` is the seed: the lecture's 1/nBatch for a per-example loss of shape (B,)
+        gives the gradient of the batch mean.  Under data parallelism pass 1/B_global.  It may
+        also be an array of ``loss.value``'s shape (gradient checks seed a random projection).
+        ``accumulate=True`` keeps the parameter gradients already in ``grads`` and adds to them
+        (gradient accumulation over micro-batches).
+        """
+        ancestors = self._ancestors_of(loss)
+        if not accumulate:
+            self.grads.fill(0)                      # every Parameter's grad: one fill of the flat buffer
+        for node in ancestors:                      # every computed node's grad
+            if node.grad is None or node.grad.shape != np.shape(node.value) or node.grad.dtype != node.value.dtype:
+                node.grad = np.zeros_like(node.value)
+            else:
+                node.grad.fill(0)
+        for node in self.inputs_with_grad:
+            node.grad = np.zeros_like(node.value, dtype=self.dtype)
+        loss.grad[...] = grad_scale                 # loss.grad = 1/nBatch
+        for node in reversed(ancestors):
+            if node.needs_grad:                     # nodes with no parameter upstream have nothing to pass on
+                node.backward()
+
+    def _ancestors_of(self, loss: Node) -> list[CompNode]:
+        """The computed nodes ``loss`` depends on (itself included), in forward order."""
+        if id(loss) not in self._ancestors:
+            if not isinstance(loss, CompNode) or loss not in self.comp_nodes:
+                raise ValueError(f"{loss.describe()} is not a computed node of this graph")
+            if not loss.needs_grad:
+                raise ValueError(f"{loss.describe()} has no gradient (a metric, or nothing upstream is trained)")
+            upstream = {id(n) for n in topological_order([loss])}
+            self._ancestors[id(loss)] = [n for n in self.comp_nodes if id(n) in upstream]
+        return self._ancestors[id(loss)]

@@ -1,0 +1,55 @@
+"""The data-parallel protocol: the same start on every rank, decisions taken by rank 0, checked agreement.
+
+It sees only flat NumPy arrays, names of segments and small Python objects, never a graph or an op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+
+class OutOfSyncError(RuntimeError):
+    """Ranks that should hold identical parameters do not."""
+
+
+def root_decides(comm, decide):
+    """``decide()`` runs on rank 0 only (reading a file, checking a folder); its result, or the
+    exception it raised, reaches every rank, so all go on or all raise the same error together."""
+    outcome = None
+    if comm.is_root:
+        try:
+            outcome = decide()
+        except Exception as error:  # noqa: BLE001  (whatever rank 0 met, every rank must meet)
+            outcome = error
+    outcome = comm.broadcast_obj(outcome)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def broadcast_params(comm, params: np.ndarray):
+    """Every rank starts from rank 0's parameters (initialised or loaded there)."""
+    comm.broadcast(params, root=0)
+
+
+def segment_digests(params: np.ndarray, segments) -> list[str]:
+    """A short hash of the bytes of each named segment [start, stop) of ``params``."""
+    return [hashlib.blake2b(params[start:stop].tobytes(), digest_size=8).hexdigest()
+            for _, start, stop in segments]
+
+
+def check_in_sync(comm, params: np.ndarray, segments, step: int):
+    """Raise OutOfSyncError on every rank if any rank's parameters differ (bit for bit) from rank 0's.
+
+    ``segments`` is a list of (name, start, stop); the error names the first differing rank and segment.
+    """
+    digests = comm.allgather_obj(segment_digests(params, segments))
+    reference = digests[0]
+    for rank, theirs in enumerate(digests):
+        for (name, _, _), mine, root in zip(segments, theirs, reference):
+            if mine != root:
+                raise OutOfSyncError(
+                    f"parameters diverged at step {step}: rank {rank} differs from rank 0 first in '{name}'. "
+                    f"Ranks must run the same code, config and data; nondeterministic ops or a bad node can cause this")

@@ -1,0 +1,2 @@
+"""Training: the Trainer (any EDF model, NumPy data, one or many ranks), evaluation, checkpoints
+and rank-0 reports."""

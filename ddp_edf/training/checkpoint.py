@@ -1,0 +1,208 @@
+"""Checkpoints: OUT/checkpoints/step-NNNNNNNN.npz, written atomically, read without pickle.
+
+Content (format version 2):
+  params            the flat parameter buffer (float32)
+  optim.<name>      each optimizer state array (velocity; m, v), same layout as params
+  meta              UTF-8 JSON as a uint8 array: format_version, step, epoch, step_in_epoch, seed,
+                    world_size, parameter layout [[name, shape], ...], the trajectory (what a
+                    resumed run must share: global batch, optimizer, data, ...) and the caller's
+                    record of the run (the command line's resolved config)
+
+Writing goes to a temporary file in the same folder, which is flushed, fsynced and then renamed over
+the final name, so a crash at any instant leaves the previous checkpoints intact.  Reading uses
+``np.load(allow_pickle=False)`` and ``json``: a file holding pickled objects is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..parallel.data_parallel import broadcast_params, root_decides
+
+FORMAT_VERSION = 2
+NAME = re.compile(r"^step-(\d{8})\.npz$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or belongs to another model or config."""
+
+
+def checkpoint_dir(out_dir) -> Path:
+    return Path(out_dir) / "checkpoints"
+
+
+def write_atomically(path, write):
+    """``write(handle)`` into a temporary file beside ``path``, fsync, rename: readers see the old file or the new."""
+    path = Path(path)
+    temporary = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # make the rename itself durable
+        finally:
+            os.close(directory)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def save_checkpoint(out_dir, params: np.ndarray, optim_state: dict, meta: dict, keep: int) -> Path:
+    folder = checkpoint_dir(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step-{meta['step']:08d}.npz"
+    arrays = {"params": params, **{f"optim.{k}": np.asarray(v) for k, v in optim_state.items()},
+              "meta": np.frombuffer(json.dumps({**meta, "format_version": FORMAT_VERSION}).encode(), np.uint8)}
+    write_atomically(path, lambda handle: np.savez(handle, **arrays))
+    for old in sorted(p for p in folder.iterdir() if NAME.match(p.name))[:-keep]:
+        old.unlink()
+    return path
+
+
+def load_checkpoint(path) -> dict:
+    """{'params', 'optim' (dict), 'meta' (dict)}; CheckpointError naming the file if it is unusable."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        meta = json.loads(arrays.pop("meta").tobytes().decode())
+        params = arrays.pop("params")
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} not found") from None
+    except ValueError as error:
+        if "pickle" in str(error).lower():
+            raise CheckpointError(f"checkpoint {path} holds pickled objects; refused (never unpickled)") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt ({error})") from None
+    except (OSError, KeyError, UnicodeDecodeError, EOFError, zipfile.BadZipFile) as error:
+        raise CheckpointError(f"checkpoint {path} is corrupt or incomplete ({type(error).__name__}: {error})") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {meta.get('format_version')}, "
+                              f"this ddp_edf reads {FORMAT_VERSION}")
+    optim = {name[len("optim."):]: value for name, value in arrays.items() if name.startswith("optim.")}
+    return {"params": params, "optim": optim, "meta": meta, "path": str(path)}
+
+
+def latest_checkpoint(out_dir, warn=None):
+    """The newest checkpoint in OUT that loads; corrupt ones are skipped with a warning naming them."""
+    warn = warn or (lambda message: print(message, file=sys.stderr))
+    folder = checkpoint_dir(out_dir)
+    candidates = sorted((p for p in folder.iterdir() if NAME.match(p.name)), reverse=True) if folder.is_dir() else []
+    for path in candidates:
+        try:
+            return load_checkpoint(path)
+        except CheckpointError as error:
+            warn(f"warning: skipping {error}")
+    return None
+
+
+def find_checkpoint(resume: str, out_dir) -> dict | None:
+    """The checkpoint ``resume`` names: "auto" = the newest valid one in OUT (None if there is none)."""
+    if resume == "auto":
+        return latest_checkpoint(out_dir) if out_dir else None
+    return load_checkpoint(resume)
+
+
+def read_resume_point(resume: str, out_dir, graph, state_names, trajectory: dict):
+    """(the checkpoint, its small facts for every rank), or (None, None) when resume="auto" finds none."""
+    checkpoint = find_checkpoint(resume, out_dir)
+    if checkpoint is None:
+        return None, None
+    check_resumable(checkpoint, graph, state_names, trajectory)
+    facts = {k: checkpoint["meta"][k] for k in ("step", "seed", "world_size")}
+    return checkpoint, {**facts, "path": checkpoint["path"], "steps_taken": int(checkpoint["optim"]["steps_taken"])}
+
+
+def check_resumable(checkpoint: dict, graph, state_names, trajectory: dict):
+    """Refuse a checkpoint of another model, data, batch or optimizer, naming the first mismatch."""
+    path, meta, n = checkpoint["path"], checkpoint["meta"], graph.num_params
+    if meta.get("layout") != graph.layout():
+        raise CheckpointError(f"checkpoint {path} is of another model: parameters {meta.get('layout')} vs this "
+                              f"model's {graph.layout()}")
+    saved = meta.get("trajectory") or {}
+    for key, value in trajectory.items():
+        if saved.get(key) != value:
+            raise CheckpointError(f"checkpoint {path} was made with {key} = {saved.get(key)!r}, this run has "
+                                  f"{value!r}; resume with the same value or start a new --out")
+    for name in (*state_names, "steps_taken"):
+        if name not in checkpoint["optim"]:
+            raise CheckpointError(f"checkpoint {path} lacks the optimizer state '{name}' this run's optimizer needs")
+    for name, array in [("params", checkpoint["params"])] + [(name, checkpoint["optim"][name]) for name in state_names]:
+        if np.shape(array) != (n,):
+            raise CheckpointError(f"checkpoint {path}: '{name}' has shape {np.shape(array)}, the model needs ({n},)")
+
+
+def load_parameters(path) -> dict:
+    """Parameters from an .npz keyed by parameter name (model.npz, or --init), never unpickled."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise CheckpointError(f"{path}: not a readable .npz of arrays ({error})") from None
+
+
+def save_parameters(path, state: dict):
+    """An .npz keyed by parameter name (model.npz), written atomically (never half-written)."""
+    write_atomically(path, lambda handle: np.savez(handle, **state))
+
+
+def check_fresh(out_dir):
+    """Refuse to start a new run in a folder that already holds one (nothing saved is overwritten)."""
+    if (Path(out_dir) / "metrics.jsonl").exists():
+        raise CheckpointError(f"--out {out_dir} already holds a run (metrics.jsonl); choose another --out so "
+                              f"nothing saved there is overwritten, or continue it with --resume auto")
+
+
+class Checkpoints:
+    """The checkpoints of one run folder, across ranks: rank 0 reads and writes the files, every rank
+    receives what it needs.  Without an OUT folder nothing is written and "auto" finds nothing."""
+
+    def __init__(self, out_dir, keep: int, comm):
+        self.out_dir, self.keep, self.comm = out_dir, keep, comm
+
+    def save(self, params: np.ndarray, optim_state: dict, meta: dict) -> Path | None:
+        if self.comm.is_root and self.out_dir:
+            return save_checkpoint(self.out_dir, params, optim_state, meta, self.keep)
+        return None
+
+    def load_parameters(self, path, graph):
+        """graph's parameters from an .npz keyed by name, read by rank 0 and broadcast."""
+        def read():
+            try:
+                graph.load_state_dict(load_parameters(path), source=str(path))
+            except ValueError as error:      # names or shapes that do not fit this model
+                raise CheckpointError(str(error)) from None
+        root_decides(self.comm, read)
+        broadcast_params(self.comm, graph.params)                  # DDP: rank 0 read them
+
+    def restore(self, resume: str, graph, optimizer, trajectory: dict) -> dict | None:
+        """Load the checkpoint ``resume`` names into graph and optimizer on every rank; its facts
+        (step, seed, path, world_size), or None when resume="auto" finds no checkpoint."""
+        found = {}
+
+        def read():
+            checkpoint, facts = read_resume_point(resume, self.out_dir, graph, optimizer.state_names, trajectory)
+            found.update(checkpoint or {})
+            return facts
+        facts = root_decides(self.comm, read)
+        if facts is None:
+            return None
+        n, dtype, root = graph.num_params, graph.dtype, self.comm.is_root
+        if root:
+            graph.params[...] = found["params"]
+        broadcast_params(self.comm, graph.params)                  # DDP: rank 0's checkpoint to every rank
+        state = {name: self.comm.broadcast(found["optim"][name].astype(dtype) if root else np.empty(n, dtype))
+                 for name in optimizer.state_names}
+        optimizer.load_state_dict({**state, "steps_taken": facts["steps_taken"]}, dtype)
+        return facts

@@ -1,0 +1,249 @@
+"""The Trainer: any EDF model and NumPy data, trained in one process or data-parallel over MPI ranks.
+
+    trainer = Trainer(loss, inputs=(x, y), train=(X, Y), optimizer=SGD(lr=0.1), global_batch=128)
+    trainer.fit(epochs=5)       # python mine.py  |  mpirun -n 4 python mine.py: the same training
+
+One step on every rank (``train_step``; the lines that exist for data parallelism say "# DDP:"):
+
+    batch    = permutation(seed, epoch)[t*B : (t+1)*B]     the same indices on every rank
+    shard    = my contiguous part of the batch             sizes differ by at most 1
+    forward, backward seeded with 1/B                      B = the GLOBAL batch size
+    one Allreduce (sum) of the gradients and two flags     = the gradient of the global batch mean
+    optimizer.step                                         the same update on every rank
+
+Around the step, ``fit`` does what a run needs: the epoch order, rank-0 logging, dev evaluation,
+checkpoints and resume, a checkpoint on SIGTERM/SIGUSR1 (then ``Preempted``, exit code 75), the
+watchdog, and at the end the test figures and OUT/model.npz.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import time
+
+import numpy as np
+
+from ..data import as_split, epoch_permutation, shard_bounds, steps_per_epoch
+from ..data.sampler import global_batch
+from ..engine.graph import Graph
+from ..engine.optim import Schedule
+from ..parallel.comm import make_comm
+from ..parallel.data_parallel import broadcast_params, check_in_sync, root_decides
+from ..parallel.faults import Watchdog, abort_on_uncaught_exception, stop_signals
+from ..parallel.threads import configure_blas_threads
+from .checkpoint import Checkpoints, check_fresh, save_parameters
+from .errors import EXIT_PREEMPTED, Preempted, TrainingError
+from .evaluation import Totals, evaluate
+from .report import Reporter, describe
+
+class Trainer:
+    """``loss``: the per-example loss node (B,); ``inputs``: the Input nodes a batch fills, in the
+    order of the split's arrays; ``train``/``dev``/``test``: tuples of arrays (or memmaps) with one
+    row per example, or objects with ``len()`` and ``batch(index)`` (ddp_edf.data.splits);
+    ``errors``: an optional metric node (B,) such as ErrorRate.  The graph is built here (float32).
+    ``trajectory``: extra keys a resumed run must share; ``run_config``: a JSON-able record of the
+    run kept in every checkpoint.  The README ("Python API") describes every option."""
+
+    def __init__(self, loss, inputs, train, *, optimizer, global_batch: int, errors=None, dev=None,
+                 test=None, schedule: Schedule = Schedule(), micro_batches: int = 1, drop_last: bool = False,
+                 seed: int = -1, out: str | None = None, checkpoint_every: int = 0, keep_checkpoints: int = 3,
+                 log_every: int = 100, eval_every: int = 0, eval_batch: int = 1000, check_every: int = 1000,
+                 timeout_s: float = 300.0, nonfinite: str = "stop", comm=None, echo: bool = True,
+                 trajectory: dict | None = None, run_config: dict | None = None):
+        if global_batch < 1 or micro_batches < 1 or nonfinite not in ("stop", "skip"):
+            raise ValueError(f"Trainer needs global_batch >= 1, micro_batches >= 1 and nonfinite 'stop' or "
+                             f"'skip' (got {global_batch}, {micro_batches}, {nonfinite!r})")
+        self.comm = comm or make_comm("auto")
+        abort_on_uncaught_exception(self.comm)      # DDP: a rank that fails ends the job, never a hang
+        self.threads_note = configure_blas_threads(self.comm.local_size)
+        self.loss, self.errors, self.inputs = loss, errors, tuple(inputs)
+        self.graph = Graph([loss] if errors is None else [loss, errors], grad_tail=2)
+        self.flags = self.graph.grads_with_tail[-2:]  # DDP: [non-finite loss, stop signal], summed with the grads
+        self.train, self.dev, self.test = (as_split(split, name, len(self.inputs), self.graph.dtype)
+                                           for split, name in ((train, "train"), (dev, "dev"), (test, "test")))
+        self.optimizer, self.schedule, self.global_batch = optimizer, schedule, global_batch
+        self.micro_batches, self.nonfinite, self.out, self.echo = micro_batches, nonfinite, out, echo
+        self.every = {"checkpoint": checkpoint_every, "log": log_every, "eval": eval_every, "check": check_every}
+        self.eval_batch, self.timeout_s = eval_batch, timeout_s
+        self.checkpoints = Checkpoints(out, keep_checkpoints, self.comm)
+        self.steps_per_epoch = steps_per_epoch(len(self.train), global_batch, drop_last)
+        if self.steps_per_epoch == 0:
+            raise TrainingError(f"global_batch = {global_batch} exceeds the {len(self.train)} training examples "
+                                f"with drop_last: no step to take")
+        self.trajectory = {**(trajectory or {}), "global_batch": global_batch, "drop_last": drop_last,
+                           "train_examples": len(self.train), "optimizer": type(optimizer).__name__}
+        self.run_config = run_config
+        broadcast_params(self.comm, self.graph.params)   # DDP: every rank starts from rank 0's parameters
+        self.seed = self.comm.broadcast_obj(secrets.randbits(31) if seed < 0 else seed)   # DDP: rank 0's seed
+        self.step = self.skipped_steps = self.total_steps = 0
+        self.stop_requested = self.stop_agreed = False
+        self.totals, self.reporter = Totals(), Reporter(enabled=False)
+
+    # -- one step -------------------------------------------------------------------------------
+
+    def train_step(self, batch: np.ndarray) -> bool:
+        """One SGD step on the global minibatch ``batch`` (example indices, the same on every rank).
+        False if some rank's loss was not finite: then no rank changes its parameters."""
+        comm, graph = self.comm, self.graph
+        start, stop = shard_bounds(len(batch), comm.rank, comm.world_size)  # DDP: my contiguous shard
+        shard = batch[start:stop]
+        pieces = [shard_bounds(len(shard), k, self.micro_batches) for k in range(self.micro_batches)]
+        pieces = [shard[lo:hi] for lo, hi in pieces if hi > lo]
+        if not pieces:
+            graph.grads.fill(0)       # DDP: an empty shard (B < W, a short last batch) still joins the sum
+        loss_sum = 0.0
+        for k, piece in enumerate(pieces):   # micro-batches: their gradients add up
+            for node, value in zip(self.inputs, self.train.batch(piece)):
+                node.value = value
+            graph.forward()
+            graph.backward(self.loss, grad_scale=1 / len(batch), accumulate=k > 0)  # DDP: 1/B_global
+            loss_sum += self.totals.add(self.loss.value, None if self.errors is None else self.errors.value)
+        self.flags[:] = (not math.isfinite(loss_sum), self.stop_requested)      # DDP: my two flags
+        comm.allreduce(graph.grads_with_tail)  # DDP: ONE Allreduce: the sum over ranks of grads and flags
+        non_finite, stops = self.flags
+        self.stop_agreed = stops > 0           # DDP: a signal reached some rank: all stop after this step
+        if non_finite:
+            return False
+        self.optimizer.step(graph.params, graph.grads, self.learning_rate())   # the same on every rank
+        return True
+
+    def learning_rate(self) -> float:
+        return self.schedule(self.step, self.optimizer.lr, self.total_steps)
+
+    # -- the run ------------------------------------------------------------------------------
+
+    def fit(self, epochs: int = 1, max_steps: int = 0, resume: str | None = None) -> dict:
+        """Train until ``epochs`` passes over the training set are done (at most ``max_steps``
+        steps from the start of the run, 0 = no cap).  ``resume``: "auto" (the newest checkpoint
+        in OUT, if any) or a checkpoint path.  Collective: every rank calls it.  Returns the figures."""
+        if epochs < 1 or max_steps < 0:
+            raise ValueError(f"fit needs epochs >= 1 and max_steps >= 0 (got {epochs}, {max_steps})")
+        self.total_steps = min(epochs * self.steps_per_epoch, max_steps or math.inf)
+        self.stop_requested = self.stop_agreed = False
+        note = self._resume(resume) if resume else ""
+        if not resume and self.out and self.step == 0:
+            root_decides(self.comm, lambda: check_fresh(self.out))
+        self.reporter = Reporter(self.out, enabled=self.comm.is_root, echo=self.echo)
+        watchdog = Watchdog(self.comm, self.timeout_s).start()
+        try:
+            with stop_signals(self._request_stop):
+                self._log_start(note)
+                last = self._loop(watchdog)
+            return self._finish(last)
+        finally:
+            watchdog.stop()
+            self.reporter.close()
+
+    def _request_stop(self):
+        self.stop_requested = True   # acted on at the end of the current step, by every rank together
+
+    def _loop(self, watchdog) -> dict:
+        last, permutation, started, samples = {}, None, time.perf_counter(), 0
+        while self.step < self.total_steps:
+            epoch, t = divmod(self.step, self.steps_per_epoch)
+            if permutation is None or t == 0:
+                permutation = epoch_permutation(self.seed, epoch, len(self.train))
+            batch = global_batch(permutation, t, self.global_batch)
+            if not self.train_step(batch):
+                self._non_finite(epoch)
+            self.step += 1
+            samples += len(batch)
+            self.reporter.advance()
+            watchdog.kick(f"step {self.step}")
+            end_of_epoch = t == self.steps_per_epoch - 1 or self.step == self.total_steps
+            if self._due("check"):
+                check_in_sync(self.comm, self.graph.params, self._segments(), self.step)
+            if self._due("checkpoint"):
+                self.save_checkpoint()
+            eval_due = self._due("eval") if self.every["eval"] else end_of_epoch
+            if self._due("log") or end_of_epoch or eval_due:
+                last = self._report(epoch, samples / (time.perf_counter() - started), eval_due)
+                started, samples = time.perf_counter(), 0
+                watchdog.kick(f"evaluation after step {self.step}")
+            if self.stop_agreed:
+                self.save_checkpoint()
+                self.reporter.log(f"stopped by a signal after step {self.step}; checkpoint written; continue "
+                                  f"with resume = auto (exit code {EXIT_PREEMPTED})")
+                raise Preempted(f"stopped by a signal after step {self.step}")
+        return last
+
+    def _due(self, what: str) -> bool:
+        return bool(self.every[what]) and self.step % self.every[what] == 0
+
+    def _non_finite(self, epoch: int):
+        if self.nonfinite == "stop":
+            raise TrainingError(f"non-finite loss at step {self.step} (epoch {epoch}): lower the learning rate, "
+                                f"add warm-up steps, or skip such steps (nonfinite = \"skip\")")
+        self.skipped_steps += 1
+        self.reporter.log(f"step {self.step}: non-finite loss, step skipped on every rank "
+                          f"({self.skipped_steps} so far)")
+
+    def _finish(self, last: dict) -> dict:
+        check_in_sync(self.comm, self.graph.params, self._segments(), self.step)  # DDP: agree at the end
+        self.save_checkpoint()
+        result = {"step": self.step, "seed": self.seed, "last": last}
+        if self.test is not None:
+            result["test"] = test = self.evaluate(self.test)
+            self.reporter.record(self.step, max(self.step - 1, 0) // self.steps_per_epoch, "test", test)
+            self.reporter.log(f"test: {describe(test)}  ({test['examples']} examples)")
+        if self.out and self.comm.is_root:
+            save_parameters(os.path.join(self.out, "model.npz"), self.graph.state_dict())
+            self.reporter.log(f"done: {self.step} steps; parameters in {os.path.join(self.out, 'model.npz')}")
+        return result
+
+    def evaluate(self, split) -> dict:
+        """Loss (and error) over a whole split: collective, each rank evaluates a shard of it."""
+        split = as_split(split, "evaluation", len(self.inputs), self.graph.dtype)
+        return evaluate(self.graph, self.loss, self.errors, self.inputs, split, self.comm, self.eval_batch)
+
+    def _report(self, epoch: int, rate: float, with_dev: bool) -> dict:
+        figures = {"train": self.totals.reduced(self.comm).figures(self.errors is not None)}  # DDP: all shards
+        self.totals = Totals()
+        self.reporter.record(self.step, epoch, "train", figures["train"], samples_per_s=rate, lr=self.learning_rate())
+        line = f"step {self.step:>7}  epoch {epoch}  train {describe(figures['train'])}"
+        if with_dev and self.dev is not None and len(self.dev):
+            figures["dev"] = self.evaluate(self.dev)
+            self.reporter.record(self.step, epoch, "dev", figures["dev"])
+            line += f"  dev {describe(figures['dev'])}"
+        self.reporter.log(f"{line}  {rate:,.0f} samples/s")
+        return figures
+
+    def _log_start(self, note: str):
+        c, g, log = self.comm, self.graph, self.reporter.log
+        if note:
+            log(note)
+        log(f"data: train {len(self.train)}, dev {len(self.dev) if self.dev else 0}, test "
+            f"{len(self.test) if self.test else 0} ({getattr(self.train, 'source', type(self.train).__name__)})")
+        log(f"model: {g.num_params:,} parameters ({', '.join(p.name for p in g.parameters)})")
+        log(f"ranks: {c.world_size} ({c.backend}); {self.threads_note}; global batch {self.global_batch}; "
+            f"{self.steps_per_epoch} steps/epoch; steps {self.step} -> {self.total_steps}; seed {self.seed}")
+        self.reporter.start_progress(self.total_steps, self.step)
+
+    # -- checkpoints and resume -----------------------------------------------------------------
+
+    def _segments(self):
+        g = self.graph
+        return [(p.name, int(a), int(b)) for p, a, b in zip(g.parameters, g.offsets[:-1], g.offsets[1:])]
+
+    def save_checkpoint(self):
+        """Rank 0 writes OUT/checkpoints/step-N.npz (nothing without an OUT)."""
+        meta = {"step": self.step, "epoch": self.step // self.steps_per_epoch, "seed": self.seed,
+                "step_in_epoch": self.step % self.steps_per_epoch, "world_size": self.comm.world_size,
+                "layout": self.graph.layout(), "trajectory": self.trajectory, "config": self.run_config}
+        path = self.checkpoints.save(self.graph.params, self.optimizer.state_dict(), meta)
+        if path:
+            self.reporter.log(f"checkpoint: {path}")
+
+    def load_parameters(self, path: str):
+        """Start from the parameters in an .npz keyed by name (e.g. another run's model.npz)."""
+        self.checkpoints.load_parameters(path, self.graph)
+
+    def _resume(self, resume: str) -> str:
+        """Continue a saved run from its checkpoint: the parameters, the optimizer, the step and the seed."""
+        facts = self.checkpoints.restore(resume, self.graph, self.optimizer, self.trajectory)
+        if facts is None:
+            return "no checkpoint to resume from: a fresh start"
+        self.step, self.seed = facts["step"], facts["seed"]
+        return f"resumed from {facts['path']} at step {self.step} (saved by {facts['world_size']} ranks)"
