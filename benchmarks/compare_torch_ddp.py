@@ -11,7 +11,8 @@ Systems (each skipped, with the reason, when it is not installed):
   ddp_edf@REF  with --baseline REF: ddp_edf and its worker as they are at the git revision REF
                (exported into .bench/), to compare the code with an earlier version in the same run
 One BLAS thread per rank.  Each round runs every system once per world size, in a rotating order, so
-machine drift spreads over all of them; ratios ddp_edf / other are taken within a round, then the median.
+machine drift spreads over all of them; ratios ddp_edf / other are taken within a round, then the median
+over the --rounds rounds of a run; --runs repeats the whole timing (each run's medians are listed).
 
 First, a check that the systems compute the same thing (--check-only: nothing else): each trains
 10 steps of the benchmark's batches from one initialisation at every world size, and must land
@@ -141,26 +142,9 @@ def run_with_retry(run, label: str, failures: list):
     return None
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per run (after warm-up)")
-    parser.add_argument("--systems", nargs="+", help="a subset of the systems")
-    parser.add_argument("--json", default=str(common.BENCH / "results" / "compare.json"))
-    parser.add_argument("--check-only", action="store_true", help="only check that every system trains alike")
-    parser.add_argument("--baseline", metavar="REF", help="also time ddp_edf as it is at this git revision")
-    args = parser.parse_args()
-    systems, missing = available_systems(args.baseline)
-    if args.systems:
-        systems = {k: v for k, v in systems.items() if k in args.systems or k.startswith("ddp_edf@")}
-    for name, why in missing.items():
-        print(f"skipping {name}: {why}")
-    failures = []
-    check = check_same_training(systems, args.worlds, args.batch, failures)
-    if args.check_only:
-        return
+def time_rounds(systems: dict, args, failures: list):
+    """args.rounds rounds, each running every system once per world size in a rotating order:
+    ({(system, W): [samples/s per round]}, {(system, W): [ddp_edf / system per round]})."""
     rates = {(name, w): [] for name in systems for w in args.worlds}
     ratios = {(name, w): [] for name in systems if name != "ddp_edf" for w in args.worlds}
     names = list(systems)
@@ -180,30 +164,62 @@ def main():
                 if name != "ddp_edf" and "ddp_edf" in this_round:
                     both = this_round["ddp_edf"] is not None and this_round[name] is not None
                     ratios[(name, world)].append(this_round["ddp_edf"] / this_round[name] if both else None)
+    return rates, ratios
 
-    print(f"\n{common.machine_summary()}; data: {common.data_source()}; global batch {args.batch}; "
-          f"1 BLAS thread per rank; median [min-max] of {args.rounds} runs\n")
-    print("| system | " + " | ".join(f"W = {w} samples/s" for w in args.worlds) + " | "
-          + " | ".join(f"ddp_edf / system, W = {w}" for w in args.worlds) + " |")
-    print("|---|" + "---:|" * (2 * len(args.worlds)))
+
+def print_table(names, worlds, rates, ratios):
+    print("| system | " + " | ".join(f"W = {w} samples/s" for w in worlds) + " | "
+          + " | ".join(f"ddp_edf / system, W = {w}" for w in worlds) + " |")
+    print("|---|" + "---:|" * (2 * len(worlds)))
     for name in names:
-        cells = [common.fmt_rate(done(rates[(name, w)])) if done(rates[(name, w)]) else "failed" for w in args.worlds]
+        cells = [common.fmt_rate(done(rates[(name, w)])) if done(rates[(name, w)]) else "failed" for w in worlds]
         cells += ["-" if name == "ddp_edf" else f"{statistics.median(done(ratios[(name, w)])):.2f}x"
-                  if done(ratios[(name, w)]) else "-" for w in args.worlds]
+                  if done(ratios[(name, w)]) else "-" for w in worlds]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    if "ddp_edf" in systems and len(args.worlds) > 1:
-        w0, w1 = args.worlds[0], args.worlds[1]
-        if done(rates[("ddp_edf", w0)]) and done(rates[("ddp_edf", w1)]):
-            print(f"\nddp_edf scaling W={w1} / W={w0}: "
-                  f"{statistics.median(done(rates[('ddp_edf', w1)])) / statistics.median(done(rates[('ddp_edf', w0)])):.2f}x")
-    if failures:
-        print(f"\n{len(failures)} failed run(s), each retried once: " + "; ".join(f["run"] for f in failures))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=1, help="repeat the whole timing this many times")
+    parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per run (after warm-up)")
+    parser.add_argument("--systems", nargs="+", help="a subset of the systems")
+    parser.add_argument("--json", default=str(common.BENCH / "results" / "compare.json"))
+    parser.add_argument("--check-only", action="store_true", help="only check that every system trains alike")
+    parser.add_argument("--baseline", metavar="REF", help="also time ddp_edf as it is at this git revision")
+    args = parser.parse_args()
+    systems, missing = available_systems(args.baseline)
+    if args.systems:
+        systems = {k: v for k, v in systems.items() if k in args.systems or k.startswith("ddp_edf@")}
+    for name, why in missing.items():
+        print(f"skipping {name}: {why}")
+    check_failures = []
+    check = check_same_training(systems, args.worlds, args.batch, check_failures)
+    if args.check_only:
+        return
+    runs = []
+    for run in range(1, args.runs + 1):
+        failures = []
+        rates, ratios = time_rounds(systems, args, failures)
+        print(f"\nrun {run}: {common.machine_summary()}; data: {common.data_source()}; global batch {args.batch}; "
+              f"1 BLAS thread per rank; median [min-max] of {args.rounds} rounds\n")
+        print_table(list(systems), args.worlds, rates, ratios)
+        if failures:
+            print(f"\n{len(failures)} failed run(s), each retried once: " + "; ".join(f["run"] for f in failures))
+        runs.append({"rates": {f"{n}@{w}": v for (n, w), v in rates.items()},
+                     "ratios": {f"ddp_edf/{n}@{w}": v for (n, w), v in ratios.items()}, "failures": failures})
+    if args.runs > 1:
+        print(f"\nddp_edf / system, each run's median over its rounds ({args.runs} runs):")
+        for key in runs[0]["ratios"]:
+            print(f"  {key}: " + ", ".join(f"{statistics.median(done(r['ratios'][key])):.2f}x" for r in runs
+                                           if done(r["ratios"][key])))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({
         "machine": common.machine_summary(), "data": common.data_source(), "batch": args.batch,
-        "rates": {f"{n}@{w}": v for (n, w), v in rates.items()},
-        "ratios": {f"ddp_edf/{n}@{w}": v for (n, w), v in ratios.items()}, "missing": missing,
-        "check": check, "failures": failures}, indent=1))
+        "rounds": args.rounds, "missing": missing, "check": check, "check_failures": check_failures,
+        "runs": runs}, indent=1))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from .engine.graph import CompNode, Graph, Input, Parameter, ShapeError
 from .engine.models import Model, build_model, lecture_mlp, logistic_regression, mlp
 from .engine.ops import Add, Affine, ErrorRate, LogLoss, Relu, Sigmoid, Softmax, SoftmaxCrossEntropy, Tanh
 from .engine.optim import SGD, Adam, Schedule
+from .parallel.faults import communicator
 from .training.errors import Preempted, TrainingError
 from .training.trainer import Trainer
 
@@ -22,5 +23,5 @@ __version__ = "0.2.0"
 __all__ = [
     "Adam", "Add", "Affine", "CompNode", "ErrorRate", "Graph", "Input", "LogLoss", "Model", "Parameter",
     "Preempted", "Relu", "SGD", "Schedule", "ShapeError", "Sigmoid", "Softmax", "SoftmaxCrossEntropy", "Tanh",
-    "Trainer", "TrainingError", "build_model", "gradcheck", "lecture_mlp", "logistic_regression", "mlp",
+    "Trainer", "TrainingError", "build_model", "communicator", "gradcheck", "lecture_mlp", "logistic_regression", "mlp",
 ]

@@ -17,9 +17,9 @@ from .config import ConfigError, describe_keys, load_config, to_dict, to_toml
 from .data import DataError, load_dataset, prepare_dataset
 from .engine.models import build_model
 from .engine.optim import SGD, Adam, Schedule
-from .parallel.data_parallel import OutOfSyncError
+from .parallel.data_parallel import OutOfSyncError, root_decides
 from .parallel.faults import launch
-from .training.checkpoint import CheckpointError, write_atomically
+from .training.checkpoint import CheckpointError, check_fresh, write_atomically
 from .training.errors import EXIT_PREEMPTED, Preempted, TrainingError
 from .training.trainer import Trainer
 
@@ -82,14 +82,14 @@ def build_trainer(config, comm, out=None, echo=True) -> Trainer:
         check_every=config.dist.check_every, timeout_s=config.dist.timeout_s, nonfinite=config.dist.nonfinite,
         comm=comm, echo=echo, run_config=to_dict(config),
         trajectory={"model": to_dict(config)["model"], "data.dataset": data.dataset, "data.dev_size": data.dev_size,
-                    "data.train_limit": data.train_limit, "train.global_batch": t.global_batch,
-                    "train.drop_last": t.drop_last, "optim.name": o.name})
+                    "data.train_limit": data.train_limit})
 
 
 def write_config(out, config, seed, comm):
     """OUT/config.toml: the resolved config with the data-order seed actually used (rank 0)."""
     config.train.seed = seed
     if comm.is_root:
+        os.makedirs(out, exist_ok=True)
         write_atomically(Path(out) / "config.toml", lambda handle: handle.write(to_toml(config).encode()))
 
 
@@ -99,6 +99,9 @@ def run(args, comm) -> int:
     trainer = build_trainer(config, comm, out)
     if args.init:
         trainer.load_parameters(args.init)
+    if not args.resume:   # a new run: its config (and seed) before the first step; a resumed run keeps its own
+        root_decides(comm, lambda: check_fresh(out))
+        write_config(out, config, trainer.seed, comm)
     try:
         trainer.fit(config.train.epochs, config.train.max_steps, resume=args.resume)
     except Preempted:

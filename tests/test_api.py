@@ -1,6 +1,7 @@
 """The Python API: a user's own EDF graph (with an op of their own) and NumPy arrays, trained by the
 same Trainer as the command line, in one process and under mpiexec; resume and preemption from Python."""
 
+import ast
 import os
 import re
 import signal
@@ -11,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddp_edf import SGD, Adam, Affine, ErrorRate, Input, Parameter, Preempted, Relu, SoftmaxCrossEntropy, Trainer
+from ddp_edf import (SGD, Adam, Affine, CompNode, ErrorRate, Input, Parameter, Preempted, Relu, Schedule, SoftmaxCrossEntropy,
+                     Trainer)
 from ddp_edf.data import ArraySplit
 from ddp_edf.parallel.comm import SerialComm
 from ddp_edf.training.checkpoint import CheckpointError
@@ -46,7 +48,7 @@ def test_readme_example_gives_the_same_model_on_1_2_and_3_ranks(tmp_path):
     script.write_text(readme_example())
     models = {w: run_script(script, tmp_path / f"w{w}", w) for w in (1, 2, 3)}
     one, stdout = models[1]
-    test = eval(stdout.strip().splitlines()[-1])        # the script prints the test figures on rank 0
+    test = ast.literal_eval(stdout.strip().splitlines()[-1])   # the script prints the test figures on rank 0
     assert test["examples"] == 1000 and test["error"] < 0.1, test   # it learned (4 classes: chance is 0.75)
     for w in (2, 3):
         for name, value in models[w][0].items():
@@ -148,7 +150,7 @@ def test_bad_input_is_named():
         toy_trainer(train=(X,))
     with pytest.raises(ValueError, match=r"one row per example, got lengths \[200, 199\]"):
         toy_trainer(train=(X[:200], Y[:199]))
-    with pytest.raises(ValueError, match="global_batch >= 1"):
+    with pytest.raises(ValueError, match="global_batch = 0 must be an integer >= 1"):
         Trainer(None, (), (X, Y), optimizer=SGD(), global_batch=0)
 
 
@@ -158,3 +160,63 @@ def test_an_out_folder_holding_a_run_is_refused_and_checkpoints_of_another_model
         toy_trainer(out=str(tmp_path / "run")).fit(epochs=1)
     with pytest.raises(CheckpointError, match="optimizer = 'Adam', this run has 'SGD'"):
         toy_trainer(out=str(tmp_path / "run"), optimizer=SGD(lr=0.1)).fit(epochs=2, resume="auto")
+
+
+def test_bad_options_and_outputs_are_named():
+    X, Y = toy_problem()
+    with pytest.raises(ValueError, match="option eval_batch = 0 must be an integer >= 1"):
+        toy_trainer(eval_batch=0)
+    with pytest.raises(ValueError, match="option global_batch = 32.0 must be an integer"):
+        Trainer(None, (), (X, Y), optimizer=SGD(), global_batch=32.0)
+    with pytest.raises(ValueError, match="option timeout_s = -1"):
+        toy_trainer(timeout_s=-1)
+    with pytest.raises(ValueError, match="option epochs = 0"):
+        toy_trainer().fit(epochs=0)
+    x, y, w = Input("x"), Input("y"), Parameter("w", np.ones((6, 2)))
+    scores = Affine(x, w, Parameter("b", np.zeros(2)))
+    with pytest.raises(ValueError, match="an Input that is not in inputs="):
+        Trainer(SoftmaxCrossEntropy(scores, y), (x,), (X,), optimizer=SGD(), global_batch=8, comm="serial")
+    mean_loss = Mean(SoftmaxCrossEntropy(scores, y))     # a batch mean where the per-example loss belongs
+    trainer = Trainer(mean_loss, (x, y), (X, Y), optimizer=SGD(), global_batch=8, comm="serial", echo=False)
+    with pytest.raises(ValueError, match=r"one value per example, shape \(8,\); got \(1,\)"):
+        trainer.fit(epochs=1)
+
+
+class Mean(CompNode):
+    """ell = the mean over b of its input, shape (1,): a batch loss where a per-example loss belongs."""
+
+    def __init__(self, u):
+        super().__init__(u)
+        self.u = u
+
+    def forward(self):
+        self.value = self.u.value.mean(keepdims=True)
+
+    def backward(self):
+        self.u.addgrad(np.full_like(self.u.value, self.grad[0] / len(self.u.value)))
+
+
+def test_train_step_counts_and_the_schedule_can_span_several_fits():
+    """A hand-written loop of train_step moves the schedule on; fit(2) then fit(4) with the horizon
+    fixed equals fit(4); the lr recorded with a step is the one that step used."""
+    def trainer(**options):
+        return toy_trainer(optimizer=SGD(lr=0.2), schedule=Schedule("cosine", warmup_steps=3, total_steps=28), **options)
+    manual = trainer()
+    for t in range(5):
+        assert manual.learning_rate() == Schedule("cosine", warmup_steps=3, total_steps=28)(t, 0.2)
+        manual.train_step(np.arange(t * 32, (t + 1) * 32) % 200)
+    assert manual.step == 5
+    whole, parts = trainer(), trainer()
+    whole.fit(epochs=4)
+    parts.fit(epochs=2)
+    parts.fit(epochs=4)
+    np.testing.assert_array_equal(parts.graph.params, whole.graph.params)
+
+
+def test_sigterm_without_an_output_folder_says_nothing_was_saved(capsys):
+    X, Y = toy_problem()
+    trainer = toy_trainer(train=SignalAt(3, X[:200], Y[:200]))
+    trainer.echo = True
+    with pytest.raises(Preempted):
+        trainer.fit(epochs=2)
+    assert "no output folder: nothing saved" in capsys.readouterr().out

@@ -46,12 +46,14 @@ def test_throughput_and_its_plot(tmp_path):
 
 
 def test_compare_runs_the_numpy_systems(tmp_path):
-    out = bench("compare_torch_ddp.py", "--systems", "ddp_edf", "handwritten", "--rounds", "1", "--seconds", "0.2",
-                "--json", tmp_path / "c.json")
+    out = bench("compare_torch_ddp.py", "--systems", "ddp_edf", "handwritten", "--rounds", "1", "--runs", "2",
+                "--seconds", "0.2", "--json", tmp_path / "c.json")
     result = json.loads((tmp_path / "c.json").read_text())
-    assert set(result["ratios"]) == {"ddp_edf/handwritten@1", "ddp_edf/handwritten@2"} and "| handwritten |" in out
-    assert set(result["rates"]) == {"ddp_edf@1", "ddp_edf@2", "handwritten@1", "handwritten@2"}
-    assert all(len(v) == 1 and v[0] > 0 for v in result["rates"].values()) and result["failures"] == []
+    assert len(result["runs"]) == 2 and out.count("| handwritten |") == 2 and "each run's median" in out
+    for run in result["runs"]:
+        assert set(run["ratios"]) == {"ddp_edf/handwritten@1", "ddp_edf/handwritten@2"}
+        assert set(run["rates"]) == {"ddp_edf@1", "ddp_edf@2", "handwritten@1", "handwritten@2"}
+        assert all(len(v) == 1 and v[0] > 0 for v in run["rates"].values()) and run["failures"] == []
     # before timing, both trained like the float64 reference at both world sizes
     check = result["check"]
     assert set(check["systems"]) == {"ddp_edf@1", "ddp_edf@2", "handwritten@1", "handwritten@2"}

@@ -52,10 +52,12 @@ def test_imports_point_down_the_layers_only():
                 assert layer_of(target) <= layer_of(module), f"ddp_edf.{module} imports ddp_edf.{target} (a higher layer)"
 
 
-def test_parallel_layer_imports_nothing_of_the_engine_or_training():
-    for path in sorted((PACKAGE / "parallel").glob("*.py")):
-        for target in package_imports(path):
-            assert target.startswith("parallel") or not target, f"{path.name} imports ddp_edf.{target}"
+def test_parallel_data_and_engine_import_only_themselves():
+    """parallel/ knows nothing of graphs or ops, data/ nothing of graphs or MPI, the engine nothing of either."""
+    for layer in ("parallel", "data", "engine"):
+        for path in sorted((PACKAGE / layer).glob("*.py")):
+            for target in package_imports(path):
+                assert target.startswith(layer) or not target, f"{layer}/{path.name} imports ddp_edf.{target}"
 
 
 def test_importing_ddp_edf_has_no_side_effects():

@@ -62,7 +62,7 @@ def test_stuck_rank_fires_the_watchdog(job_args, tmp_path):
     result, seconds = run_job(2, injected("hang", 1, 3, tmp_path / "r", job_args, "--set", "dist.timeout_s=2"))
     assert result.returncode != 0
     assert seconds < 20
-    assert "watchdog: no step completed" in result.stderr, result.stderr[-3000:]
+    assert "watchdog: no progress for" in result.stderr, result.stderr[-3000:]
     assert "faulty_step" in result.stderr       # the stuck rank's stack was dumped
 
 
@@ -145,3 +145,30 @@ def test_resume_at_another_world_size_stays_within_tolerance(job_args, tmp_path)
         for name in a.files:
             difference = np.linalg.norm(b[name] - a[name]) / np.linalg.norm(a[name])
             assert difference <= 1e-5, (name, difference)
+
+
+API_SCRIPT = """
+import sys, numpy as np
+from ddp_edf import SGD, Affine, Input, Parameter, SoftmaxCrossEntropy, Trainer, communicator
+comm = communicator()
+if sys.argv[1] == "raise" and comm.rank == 1:
+    np.load("/nonexistent/data.npy")                  # fails before any Trainer exists
+n = 300 if sys.argv[1] != "uneven" or comm.rank == 0 else 240
+X, Y = np.ones((n, 4), np.float32), np.zeros(n, np.int64)
+x, y = Input("x"), Input("y")
+loss = SoftmaxCrossEntropy(Affine(x, Parameter("W", np.zeros((4, 2))), Parameter("b", np.zeros(2))), y)
+Trainer(loss, (x, y), (X, Y), optimizer=SGD(), global_batch=10, comm=comm).fit(epochs=1)
+"""
+
+
+@pytest.mark.parametrize("mode,expected", [
+    ("raise", "[rank 1] FileNotFoundError"),
+    ("uneven", "rank 1 has train_examples = 240 where rank 0 has 300")])
+def test_a_script_failing_on_one_rank_or_with_other_data_ends_the_job(tmp_path, mode, expected):
+    """Through the Python API: a rank that raises before the Trainer exists, or ranks given different
+    data, end the whole job at once with the reason (no hang until some timeout)."""
+    script = tmp_path / "script.py"
+    script.write_text(API_SCRIPT)
+    result, seconds = run_job(2, [str(script), mode], timeout=60)
+    assert result.returncode != 0 and seconds < 20
+    assert expected in result.stderr, result.stderr[-3000:]

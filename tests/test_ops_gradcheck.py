@@ -74,11 +74,13 @@ OP_GRAPHS = {
 def test_backward_matches_central_differences(name):
     rng = np.random.default_rng(42)
     output = OP_GRAPHS[name](rng)
-    report = gradcheck(Graph([output], dtype=np.float64), output)
+    graph = Graph([output], dtype=np.float64)
+    report = gradcheck(graph, output)
     assert report.ok, str(report)
     assert report.worst <= 1e-6
     # every differentiable input and parameter was checked
-    assert len(report.checks) >= 1
+    wanted = [n.name for n in graph.nodes if isinstance(n, Parameter) or (isinstance(n, Input) and n.needs_grad)]
+    assert [c.name for c in report.checks] == wanted and wanted
 
 
 class WrongSigmoid(Sigmoid):
@@ -195,3 +197,45 @@ def test_slide_style_op_used_twice_and_in_a_loss(op):
     loss = SoftmaxCrossEntropy(scores, Input("y", rng.integers(0, J, B)))
     report = gradcheck(Graph([loss], dtype=np.float64), loss)
     assert report.ok, str(report)
+
+
+class SlideAffine(CompNode):
+    """The slide's Affine backward with `+=` on every input: its x is the image Input (no gradient)."""
+
+    def __init__(self, x, W, b):
+        super().__init__(x, W, b)
+        self.x, self.W, self.b = x, W, b
+
+    def forward(self):
+        self.value = self.x.value @ self.W.value + self.b.value
+
+    def backward(self):
+        self.x.grad += self.grad @ self.W.value.T
+        self.W.grad += self.x.value.T @ self.grad
+        self.b.grad += self.grad.sum(axis=0)
+
+
+class AssigningAffine(SlideAffine):
+    """Assigns the parameter gradients (`W.grad = W.grad + ...`) instead of adding in place."""
+
+    def backward(self):
+        self.W.grad = self.W.grad + self.x.value.T @ self.grad
+        self.b.grad = self.b.grad + self.grad.sum(axis=0)
+
+
+@pytest.mark.parametrize("op", [SlideAffine, AssigningAffine])
+def test_slide_style_op_on_the_image_input_and_assigned_parameter_gradients(op):
+    """`x.grad += ...` on an Input without a gradient is dropped, as the lecture's Input.addgrad does;
+    a parameter gradient assigned instead of added still lands in the flat buffer the optimizer reads."""
+    rng = np.random.default_rng(9)
+    W = Parameter("W", rng.standard_normal((I, J)))
+    out = op(Input("x", rng.standard_normal((B, I))), W, Parameter("b", rng.standard_normal(J)))
+    loss = SoftmaxCrossEntropy(Tanh(out), Input("y", rng.integers(0, J, B)))
+    graph = Graph([loss], dtype=np.float64)
+    report = gradcheck(graph, loss)
+    assert report.ok and [c.name for c in report.checks] == ["W", "b"], str(report)
+    graph.backward(loss, 1.0)
+    graph.backward(loss, 1.0)                         # twice: zeroed in between, not accumulated
+    once = graph.grads.copy()
+    graph.backward(loss, 1.0)
+    assert np.shares_memory(W.grad, graph.grads) and np.array_equal(graph.grads, once) and once.any()

@@ -36,12 +36,15 @@ def test_affine_weight_gradient_equals_the_lectures_broadcast_sum():
 
 
 def test_input_gets_no_gradient_by_default():
+    """As in the lecture: nothing is kept for an Input (its grad reads as zeros, what is added is dropped)."""
     x = Input("x", np.ones((2, 3)))
     y = Affine(x, Parameter("W", np.ones((3, 2))), Parameter("b", np.zeros(2)))
     graph = Graph([y], dtype=np.float64)
     graph.forward()
     graph.backward(y, 1.0)
-    assert x.grad is None
+    x.grad += 5.0
+    x.addgrad(np.ones((2, 3)))
+    assert x.grad.shape == (2, 3) and not x.grad.any()
 
 
 def test_sigmoid_is_finite_and_exact_at_extremes():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ddp_edf.data import epoch_permutation, shard_bounds, steps_per_epoch
-from ddp_edf.data.sampler import global_batch
+from ddp_edf.data.sampler import batch_indices
 
 
 def test_permutation_is_the_documented_formula():
@@ -21,7 +21,7 @@ def test_every_example_once_per_epoch_across_ranks(n, batch, world, drop_last):
     permutation = epoch_permutation(0, 0, n)
     seen = []
     for t in range(steps_per_epoch(n, batch, drop_last)):
-        indices = global_batch(permutation, t, batch)
+        indices = batch_indices(permutation, t, batch)
         sizes = []
         for rank in range(world):
             start, stop = shard_bounds(len(indices), rank, world)

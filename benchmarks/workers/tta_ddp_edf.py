@@ -3,14 +3,15 @@
     [mpiexec -n W] python benchmarks/workers/tta_ddp_edf.py --config configs/fashion_tta.toml [--set KEY=VALUE ...]
 
 The trainer is the one ``python -m ddp_edf.train`` builds from the config (ddp_edf.train.build_trainer),
-with no output folder.  Trainer.fit runs one epoch at a time, the learning-rate schedule spanning the
-whole run, so the steps are exactly those of one fit over every epoch.  Between two fits the clock
+with no output folder.  Trainer.fit runs one epoch at a time, the schedule's horizon set to the whole
+run (Schedule.total_steps), so the steps are exactly those of one fit over every epoch.  Between two fits the clock
 pauses while the test accuracy is measured.  Rank 0 prints, for each epoch, the training wall time
 from the first step (test evaluations excluded; everything else included: data, steps, the
 per-epoch dev evaluation) and the test accuracy there.
 """
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -23,21 +24,11 @@ from ddp_edf.parallel.comm import make_comm  # noqa: E402
 from ddp_edf.train import build_trainer  # noqa: E402
 
 
-class WholeRun:
-    """A schedule with the run's total steps fixed: fit passes the total of the current call only."""
-
-    def __init__(self, schedule, total_steps: int):
-        self.schedule, self.total_steps = schedule, total_steps
-
-    def __call__(self, step: int, base_lr: float, total_steps: int = 0) -> float:
-        return self.schedule(step, base_lr, self.total_steps)
-
-
 def fit_by_epoch(trainer, epochs: int, max_steps: int = 0, after_epoch=lambda epoch: None):
     """trainer.fit(epochs, max_steps), one epoch per call, ``after_epoch(epoch)`` (from 1) after each."""
     per_epoch = trainer.steps_per_epoch
     total = min(epochs * per_epoch, max_steps or epochs * per_epoch)
-    trainer.schedule = WholeRun(trainer.schedule, total)
+    trainer.schedule = dataclasses.replace(trainer.schedule, total_steps=total)   # the horizon of the whole run
     while trainer.step < total:
         epoch = trainer.step // per_epoch + 1
         trainer.fit(epochs, max_steps=min(epoch * per_epoch, total))

@@ -17,14 +17,6 @@ CHUNK = 1 << 16
 DEADLINE_S = 1800.0
 
 
-def sha256_of(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download(urls, destination, sha256: str, timeout: float = 60.0, progress=None, deadline_s: float = DEADLINE_S):
     """Try each URL in turn; keep the first download whose SHA-256 matches.
 

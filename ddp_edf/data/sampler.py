@@ -24,7 +24,7 @@ def steps_per_epoch(n: int, global_batch: int, drop_last: bool) -> int:
     return full + (1 if rest and not drop_last else 0)
 
 
-def global_batch(permutation: np.ndarray, step_in_epoch: int, global_batch_size: int) -> np.ndarray:
+def batch_indices(permutation: np.ndarray, step_in_epoch: int, global_batch_size: int) -> np.ndarray:
     """Example indices of batch ``step_in_epoch``: a contiguous slice of the epoch's permutation."""
     start = step_in_epoch * global_batch_size
     return permutation[start:start + global_batch_size]

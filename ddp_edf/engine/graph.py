@@ -5,16 +5,12 @@ the same shape holding d(loss)/d(value).  Backward keeps the lecture's contract:
 gradient to zero, then each op *adds* its contribution (``x.grad += ...`` or ``x.addgrad(...)``), so
 a node used twice receives the sum of both, and an op written exactly as on the slides is correct.
 
-Departures from the lecture's sketch, each for a reason:
-
-* No module-level node lists: ``Graph(outputs)`` finds the nodes by a depth-first search over
-  *ordered* tuples, so the order (and every float sum) is the same on every run.
-* ``Parameter.addgrad`` does not sum over the batch: each op adds a batch-summed gradient (Affine's
-  ``W.grad += x.T @ y.grad`` is one GEMM instead of the lecture's (B, I, J) tensor).
-* The loss seed ``1/nBatch`` is an argument of ``Graph.backward``: under data parallelism it is
-  one over the *global* batch size, not over this rank's shard.
-* All parameters live in one flat buffer (``Graph.params``), their gradients in another
-  (``Graph.grads``), each ``.value``/``.grad`` a view: an optimizer step or an Allreduce is one array.
+Departures from the lecture's sketch, each for a reason: no module-level node lists (``Graph``
+finds the nodes by a depth-first search over ordered tuples: the same order, and float sums, on
+every run); ``Parameter.addgrad`` does not sum over the batch (each op adds a batch-summed gradient,
+Affine's in one GEMM); the loss seed 1/nBatch is an argument of ``backward`` (one over the *global*
+batch under data parallelism); all parameters live in one flat buffer (``Graph.params``), their
+gradients in another (``Graph.grads``), so an optimizer step or an Allreduce is one array.
 """
 
 from __future__ import annotations
@@ -47,13 +43,20 @@ class Node:
 
 
 class Input(Node):
-    """A value set for each batch (images x, labels y).  As in the lecture it has no gradient and
-    ``addgrad`` does nothing; ``requires_grad=True`` keeps one (gradient checks of an op's inputs)."""
+    """A value set for each batch (images x, labels y).  As in the lecture it has no gradient: what
+    ``addgrad`` or a slide-style ``x.grad += ...`` gives it is dropped.  ``requires_grad=True`` keeps
+    a real one (gradient checks of an op's inputs)."""
 
     def __init__(self, name: str = "", value=None, requires_grad: bool = False):
-        self.name = name
-        self.value = value
-        self.needs_grad = requires_grad
+        self.name, self.value, self.needs_grad, self._grad = name, value, requires_grad, None
+
+    @property
+    def grad(self):
+        return self._grad if self.needs_grad or self.value is None else np.zeros(np.shape(self.value))
+
+    @grad.setter
+    def grad(self, value):
+        self._grad = value
 
     def addgrad(self, delta):
         if self.needs_grad:
@@ -61,15 +64,27 @@ class Input(Node):
 
 
 class Parameter(Node):
-    """A trained array with no batch index.  Its name (``fc0.W``) is stable: checkpoints key on it."""
+    """A trained array with no batch index.  Its name (``fc0.W``) is stable: checkpoints key on it.
+    Once a Graph packs it, ``value`` and ``grad`` are views of the graph's flat buffers, and an op
+    that assigns ``p.grad = ...`` (instead of adding) writes into that buffer all the same."""
 
     needs_grad = True
 
     def __init__(self, name: str, value):
         if not name:
             raise ValueError("a Parameter needs a name, e.g. 'fc0.W'")
-        self.name = name
-        self.value = np.asarray(value)
+        self.name, self.value, self.graph, self._grad = name, np.asarray(value), None, None
+
+    @property
+    def grad(self):
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        if self._grad is None:
+            self._grad = value
+        elif value is not self._grad:
+            self._grad[...] = value
 
 
 class CompNode(Node):
@@ -94,11 +109,8 @@ class CompNode(Node):
 
 
 def topological_order(outputs) -> list[Node]:
-    """Every node reachable from ``outputs``, each after all of its inputs.
-
-    A depth-first search over the ordered ``inputs`` tuples (never a set), so the order is a pure
-    function of how the graph was built.
-    """
+    """Every node reachable from ``outputs``, each after all of its inputs: a depth-first search over
+    the ordered ``inputs`` tuples (never a set), so the order is a pure function of how the graph was built."""
     order: list[Node] = []
     visited: set[int] = set()
 
@@ -117,11 +129,9 @@ def topological_order(outputs) -> list[Node]:
 
 class Graph:
     """The nodes reachable from ``outputs``, in a fixed order, with parameters packed flat.
-
     ``dtype`` is float32 for training and float64 for gradient checks: the same engine either way.
     ``grad_tail`` spare slots follow the gradients in one array, ``grads_with_tail``, for numbers a
-    caller wants to sum together with them (the trainer's flags ride in its one Allreduce).
-    """
+    caller wants to sum together with them (the trainer's flags ride in its one Allreduce)."""
 
     def __init__(self, outputs, dtype=np.float32, grad_tail: int = 0):
         self.outputs = tuple(outputs)
@@ -131,9 +141,8 @@ class Graph:
         self.parameters = [n for n in self.nodes if isinstance(n, Parameter)]
         self.inputs_with_grad = [n for n in self.nodes if isinstance(n, Input) and n.needs_grad]
         names = [p.name for p in self.parameters]
-        for name in names:
-            if names.count(name) > 1:
-                raise ValueError(f"two parameters are named '{name}': parameter names must be unique")
+        if len(set(names)) < len(names):
+            raise ValueError(f"two parameters share a name in {names}: parameter names must be unique")
         self._pack_parameters(grad_tail)
         self._ancestors: dict[int, list[CompNode]] = {}
 
@@ -148,8 +157,8 @@ class Graph:
         for p, start, stop in zip(self.parameters, self.offsets[:-1], self.offsets[1:]):
             shape = p.value.shape
             self.params[start:stop] = np.asarray(p.value, dtype=self.dtype).ravel()
-            p.value = self.params[start:stop].reshape(shape)
-            p.grad = self.grads[start:stop].reshape(shape)
+            p.value, p._grad = self.params[start:stop].reshape(shape), self.grads[start:stop].reshape(shape)
+            p.graph = self
 
     # -- parameters by name ---------------------------------------------------------------
 
@@ -166,6 +175,10 @@ class Graph:
     def layout(self) -> list:
         """[[name, shape], ...] in buffer order: what a checkpoint must match."""
         return [[p.name, list(p.value.shape)] for p in self.parameters]
+
+    def segments(self) -> list:
+        """[(name, start, stop), ...]: where each parameter lies in the flat buffers."""
+        return [(p.name, int(a), int(b)) for p, a, b in zip(self.parameters, self.offsets[:-1], self.offsets[1:])]
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """A copy of every parameter, keyed by its stable name."""
@@ -189,26 +202,23 @@ class Graph:
 
     def forward(self):
         """The lecture's Forward(): every computed node, inputs before consumers."""
+        if any(p.graph is not self for p in self.parameters):
+            raise RuntimeError("a newer Graph (or Trainer) was built over these parameters and holds them now: "
+                               "use that one (one Graph per model)")
         for node in self.comp_nodes:
             node.forward()
 
     def backward(self, loss: Node, grad_scale=1.0, accumulate: bool = False):
         """The lecture's Backward(loss): zero every gradient, seed ``loss.grad``, run backward in reverse.
-
-        ``grad_scale`` is the seed: the lecture's 1/nBatch for a per-example loss of shape (B,)
-        gives the gradient of the batch mean.  Under data parallelism pass 1/B_global.  It may
-        also be an array of ``loss.value``'s shape (gradient checks seed a random projection).
-        ``accumulate=True`` keeps the parameter gradients already in ``grads`` and adds to them
-        (gradient accumulation over micro-batches).
-        """
+        ``grad_scale`` is the seed: the lecture's 1/nBatch for a per-example loss (B,) gives the gradient
+        of the batch mean (under data parallelism: 1/B_global); an array of ``loss.value``'s shape seeds a
+        projection (gradient checks).  ``accumulate=True`` keeps the parameter gradients in ``grads``
+        and adds to them (gradient accumulation over micro-batches)."""
         ancestors = self._ancestors_of(loss)
         if not accumulate:
             self.grads.fill(0)                      # every Parameter's grad: one fill of the flat buffer
         for node in ancestors:                      # every computed node's grad
-            if node.grad is None or node.grad.shape != np.shape(node.value) or node.grad.dtype != node.value.dtype:
-                node.grad = np.zeros_like(node.value)
-            else:
-                node.grad.fill(0)
+            node.grad = np.zeros_like(node.value)
         for node in self.inputs_with_grad:
             node.grad = np.zeros_like(node.value, dtype=self.dtype)
         loss.grad[...] = grad_scale                 # loss.grad = 1/nBatch

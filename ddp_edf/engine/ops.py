@@ -133,7 +133,7 @@ class Softmax(CompNode):
         s = self.s.value
         if s.ndim != 2:
             raise self.shape_error("needs scores of shape (B, K)")
-        # Subtracting the row max changes nothing mathematically and keeps exp() <= 1.
+        # e[b,k] = exp(s[b,k] - m[b]), m[b] = max_k s[b,k] (changes nothing, keeps exp() <= 1); Q = e / Z
         e = np.exp(s - s.max(axis=1, keepdims=True))
         self.value = e / e.sum(axis=1, keepdims=True)
 
@@ -145,10 +145,8 @@ class Softmax(CompNode):
 
 class LogLoss(CompNode):
     """The lecture's log loss of probabilities: ell[b] = -log Q[b, y[b]].  Q (B, K), y (B,) -> ell (B,)
-
     Kept for teaching: -log of a probability that underflowed to 0 is inf.  Train with
-    SoftmaxCrossEntropy, which never forms Q's logarithm.
-    """
+    SoftmaxCrossEntropy, which never forms Q's logarithm."""
 
     def __init__(self, Q: Node, y: Node, name: str = ""):
         super().__init__(Q, y, name=name)
@@ -171,10 +169,8 @@ class LogLoss(CompNode):
 
 class SoftmaxCrossEntropy(CompNode):
     """Softmax and LogLoss fused: ell[b] = log Z[b] - s[b, y[b]].  s (B, K), y (B,) -> ell (B,)
-
-    log Z is a log-sum-exp with the row max taken out, so loss and gradient stay finite for any
-    finite scores (even +-1e4 in float32).  Each example's loss is computed from its own row only.
-    """
+    log Z is a log-sum-exp with the row max taken out: loss and gradient stay finite for any finite
+    scores (even +-1e4 in float32).  Each example's loss is computed from its own row only."""
 
     def __init__(self, s: Node, y: Node, name: str = ""):
         super().__init__(s, y, name=name)
@@ -191,8 +187,7 @@ class SoftmaxCrossEntropy(CompNode):
         # ell[b] = log Z[b] - s[b,y[b]] = log sum_k exp(z[b,k]) - z[b,y[b]]
         self.value = np.log(Z) - z[rows, y]
         # Q[b,k] = exp(z[b,k]) / Z[b], kept for backward
-        e /= Z[:, None]
-        self.Q = e
+        self.Q = e / Z[:, None]
 
     def backward(self):
         # s.grad[b,k] += ell.grad[b] (Q[b,k] - [k = y[b]])
@@ -203,9 +198,7 @@ class SoftmaxCrossEntropy(CompNode):
 
 class ErrorRate(CompNode):
     """err[b] = [argmax_k s[b,k] != y[b]] as 0.0 or 1.0.  A metric: its mean is the error rate.
-
-    It has no gradient (argmax is piecewise constant), so it never takes part in backward.
-    """
+    It has no gradient (argmax is piecewise constant), so it never takes part in backward."""
 
     def __init__(self, s: Node, y: Node, name: str = ""):
         super().__init__(s, y, name=name)
@@ -217,6 +210,3 @@ class ErrorRate(CompNode):
         _check_labels(self, s, y)
         # err[b] = [argmax_k s[b,k] != y[b]]
         self.value = (s.argmax(axis=1) != y).astype(s.dtype)
-
-    def backward(self):
-        raise TypeError(f"{type(self).__name__} is a metric and has no gradient; call backward on a loss")

@@ -127,14 +127,15 @@ class Schedule:
     step_size: int = 0
     gamma: float = 0.1
     min_lr: float = 0.0
+    total_steps: int = 0      # the cosine's horizon; 0 = the run's length (Trainer.fit's steps)
 
     def __post_init__(self):
         if self.kind not in SCHEDULES:
             raise ValueError(f"unknown schedule '{self.kind}'; choose one of {list(SCHEDULES)}")
         if self.kind == "step" and self.step_size <= 0:
             raise ValueError("the 'step' schedule needs step_size > 0")
-        if self.warmup_steps < 0 or not 0 < self.gamma <= 1 or self.min_lr < 0:
-            raise ValueError("a schedule needs warmup_steps >= 0, 0 < gamma <= 1 and min_lr >= 0")
+        if self.warmup_steps < 0 or not 0 < self.gamma <= 1 or self.min_lr < 0 or self.total_steps < 0:
+            raise ValueError("a schedule needs warmup_steps >= 0, 0 < gamma <= 1, min_lr >= 0 and total_steps >= 0")
 
     def __call__(self, step: int, base_lr: float, total_steps: int = 0) -> float:
         if step < self.warmup_steps:
@@ -143,6 +144,6 @@ class Schedule:
         if self.kind == "step":
             return base_lr * self.gamma ** (t // self.step_size)
         if self.kind == "cosine":
-            progress = min(t / max(total_steps - self.warmup_steps, 1), 1.0)
+            progress = min(t / max((self.total_steps or total_steps) - self.warmup_steps, 1), 1.0)
             return self.min_lr + (base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
         return base_lr

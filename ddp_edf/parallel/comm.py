@@ -32,7 +32,6 @@ class SerialComm:
 
     rank = 0
     world_size = 1
-    local_rank = 0
     local_size = 1
     backend = "serial"
 
@@ -74,9 +73,8 @@ class MPIComm:
         self.comm = MPI.COMM_WORLD
         self.rank = self.comm.Get_rank()
         self.world_size = self.comm.Get_size()
-        # Ranks sharing this host (and its memory): for BLAS threads and the data cache.
+        # Ranks sharing this host: its cores are divided among them for BLAS threads.
         self.host_comm = self.comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
-        self.local_rank = self.host_comm.Get_rank()
         self.local_size = self.host_comm.Get_size()
 
     @property

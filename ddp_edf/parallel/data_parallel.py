@@ -11,7 +11,7 @@ import numpy as np
 
 
 class OutOfSyncError(RuntimeError):
-    """Ranks that should hold identical parameters do not."""
+    """Ranks that should agree (on parameters, data, options) do not."""
 
 
 def root_decides(comm, decide):
@@ -27,6 +27,17 @@ def root_decides(comm, decide):
     if isinstance(outcome, Exception):
         raise outcome
     return outcome
+
+
+def check_agreement(comm, facts: dict):
+    """Raise OutOfSyncError on every rank unless every rank holds the same ``facts`` (small values,
+    e.g. the number of training examples), naming the first that differs and where."""
+    everyone = comm.allgather_obj(facts)
+    for rank, theirs in enumerate(everyone):
+        for key, value in everyone[0].items():
+            if theirs.get(key) != value:
+                raise OutOfSyncError(f"rank {rank} has {key} = {theirs.get(key)!r} where rank 0 has {value!r}: "
+                                     f"every rank must run the same script on the same data with the same options")
 
 
 def broadcast_params(comm, params: np.ndarray):

@@ -81,6 +81,16 @@ def run_or_abort(comm, main, expected_errors=(), collective_errors=()):
     return code
 
 
+def communicator(kind: str = "auto"):
+    """The communicator of this process: MPI when mpirun/mpiexec/srun started it, else one process
+    ('mpi' or 'serial' force one).  From now on an exception that nobody catches, on any rank, ends
+    the whole job (as ``python -m mpi4py`` would) instead of leaving the other ranks waiting: make
+    it first thing in a script run under mpirun."""
+    comm = make_comm(kind)
+    abort_on_uncaught_exception(comm)
+    return comm
+
+
 def abort_on_uncaught_exception(comm):
     """Under MPI with several ranks: an exception nobody catches prints its traceback, prefixed with
     the rank, and aborts the whole job (instead of this rank exiting while the others wait forever)."""
@@ -110,30 +120,34 @@ def stop_signals(request_stop, signals=(signal.SIGTERM, signal.SIGUSR1)):
 
 
 class Watchdog:
-    """Abort the job when ``kick()`` has not been called for ``timeout_s`` seconds (0 = off)."""
+    """Abort the job when ``kick()`` has not been called for ``timeout_s`` seconds (0 = off) while
+    inside ``with watchdog:`` (re-entrant: the outermost ``with`` starts and stops the watching)."""
 
     def __init__(self, comm, timeout_s: float, poll_s: float = 1.0, grace_s: float = 3.0):
         self.comm, self.timeout_s, self.poll_s, self.grace_s = comm, timeout_s, poll_s, grace_s
-        self.last_kick = time.monotonic()
-        self.what = "start"
+        self.last_kick, self.what, self.depth = time.monotonic(), "start", 0
         self._stop = threading.Event()
-        self._thread = None
 
-    def start(self):
-        if self.timeout_s > 0:
-            self._thread = threading.Thread(target=self._watch, name="ddp_edf-watchdog", daemon=True)
-            self._thread.start()
+    def __enter__(self):
+        self.depth += 1
+        if self.depth == 1 and self.timeout_s > 0:
+            self.kick("start")
+            self._stop.clear()
+            threading.Thread(target=self._watch, name="ddp_edf-watchdog", daemon=True).start()
         return self
+
+    def __exit__(self, *exception):
+        self.depth -= 1
+        if self.depth == 0:
+            self._stop.set()
 
     def kick(self, what: str = ""):
         self.last_kick = time.monotonic()
         self.what = what
 
-    def stop(self):
-        self._stop.set()
-
     def _watch(self):
-        while not self._stop.wait(min(self.poll_s, self.timeout_s)):
+        stop = self._stop
+        while not stop.wait(min(self.poll_s, self.timeout_s)):
             idle = time.monotonic() - self.last_kick
             if idle > self.timeout_s:
                 self._fire(idle)
@@ -141,9 +155,9 @@ class Watchdog:
 
     def _fire(self, idle: float):
         rank = self.comm.rank
-        sys.stderr.write(f"[rank {rank}] ddp_edf: watchdog: no step completed for {idle:.0f} s "
-                         f"(dist.timeout_s = {self.timeout_s:g}; last: {self.what}); a rank is stuck or dead. "
-                         f"Stacks of rank {rank}:\n")
+        sys.stderr.write(f"[rank {rank}] ddp_edf: watchdog: no progress for {idle:.0f} s (timeout "
+                         f"{self.timeout_s:g} s: dist.timeout_s, or the Trainer's timeout_s; last: {self.what}); "
+                         f"a rank is stuck or dead. Stacks of rank {rank}:\n")
         sys.stderr.flush()
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         sys.stderr.flush()

@@ -105,16 +105,16 @@ def latest_checkpoint(out_dir, warn=None):
     return None
 
 
-def find_checkpoint(resume: str, out_dir) -> dict | None:
+def find_checkpoint(resume: str, out_dir, warn=None) -> dict | None:
     """The checkpoint ``resume`` names: "auto" = the newest valid one in OUT (None if there is none)."""
     if resume == "auto":
-        return latest_checkpoint(out_dir) if out_dir else None
+        return latest_checkpoint(out_dir, warn) if out_dir else None
     return load_checkpoint(resume)
 
 
-def read_resume_point(resume: str, out_dir, graph, state_names, trajectory: dict):
+def read_resume_point(resume: str, out_dir, graph, state_names, trajectory: dict, warn=None):
     """(the checkpoint, its small facts for every rank), or (None, None) when resume="auto" finds none."""
-    checkpoint = find_checkpoint(resume, out_dir)
+    checkpoint = find_checkpoint(resume, out_dir, warn)
     if checkpoint is None:
         return None, None
     check_resumable(checkpoint, graph, state_names, trajectory)
@@ -132,7 +132,7 @@ def check_resumable(checkpoint: dict, graph, state_names, trajectory: dict):
     for key, value in trajectory.items():
         if saved.get(key) != value:
             raise CheckpointError(f"checkpoint {path} was made with {key} = {saved.get(key)!r}, this run has "
-                                  f"{value!r}; resume with the same value or start a new --out")
+                                  f"{value!r}: resume with the same value, or start a new run in another folder")
     for name in (*state_names, "steps_taken"):
         if name not in checkpoint["optim"]:
             raise CheckpointError(f"checkpoint {path} lacks the optimizer state '{name}' this run's optimizer needs")
@@ -160,8 +160,9 @@ def save_parameters(path, state: dict):
 def check_fresh(out_dir):
     """Refuse to start a new run in a folder that already holds one (nothing saved is overwritten)."""
     if (Path(out_dir) / "metrics.jsonl").exists():
-        raise CheckpointError(f"--out {out_dir} already holds a run (metrics.jsonl); choose another --out so "
-                              f"nothing saved there is overwritten, or continue it with --resume auto")
+        raise CheckpointError(f"{out_dir} already holds a run (metrics.jsonl): choose another output folder "
+                              f"(--out, out=) so nothing saved there is overwritten, or continue that run "
+                              f"(--resume auto, resume=\"auto\")")
 
 
 class Checkpoints:
@@ -186,13 +187,13 @@ class Checkpoints:
         root_decides(self.comm, read)
         broadcast_params(self.comm, graph.params)                  # DDP: rank 0 read them
 
-    def restore(self, resume: str, graph, optimizer, trajectory: dict) -> dict | None:
+    def restore(self, resume: str, graph, optimizer, trajectory: dict, warn=None) -> dict | None:
         """Load the checkpoint ``resume`` names into graph and optimizer on every rank; its facts
         (step, seed, path, world_size), or None when resume="auto" finds no checkpoint."""
         found = {}
 
         def read():
-            checkpoint, facts = read_resume_point(resume, self.out_dir, graph, optimizer.state_names, trajectory)
+            checkpoint, facts = read_resume_point(resume, self.out_dir, graph, optimizer.state_names, trajectory, warn)
             found.update(checkpoint or {})
             return facts
         facts = root_decides(self.comm, read)

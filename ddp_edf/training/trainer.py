@@ -26,25 +26,24 @@ import time
 import numpy as np
 
 from ..data import as_split, epoch_permutation, shard_bounds, steps_per_epoch
-from ..data.sampler import global_batch
-from ..engine.graph import Graph
+from ..data.sampler import batch_indices
+from ..engine.graph import Graph, Input
 from ..engine.optim import Schedule
+from ..parallel.data_parallel import broadcast_params, check_agreement, check_in_sync, root_decides
 from ..parallel.comm import make_comm
-from ..parallel.data_parallel import broadcast_params, check_in_sync, root_decides
 from ..parallel.faults import Watchdog, abort_on_uncaught_exception, stop_signals
 from ..parallel.threads import configure_blas_threads
 from .checkpoint import Checkpoints, check_fresh, save_parameters
-from .errors import EXIT_PREEMPTED, Preempted, TrainingError
-from .evaluation import Totals, evaluate
+from .errors import EXIT_PREEMPTED, Preempted, TrainingError, check_options
+from .evaluation import Totals, evaluate, feed
 from .report import Reporter, describe
 
+
 class Trainer:
-    """``loss``: the per-example loss node (B,); ``inputs``: the Input nodes a batch fills, in the
-    order of the split's arrays; ``train``/``dev``/``test``: tuples of arrays (or memmaps) with one
-    row per example, or objects with ``len()`` and ``batch(index)`` (ddp_edf.data.splits);
-    ``errors``: an optional metric node (B,) such as ErrorRate.  The graph is built here (float32).
-    ``trajectory``: extra keys a resumed run must share; ``run_config``: a JSON-able record of the
-    run kept in every checkpoint.  The README ("Python API") describes every option."""
+    """``loss``: the per-example loss node (B,); ``inputs``: the Input nodes a batch fills, in the order
+    of the split's arrays; ``train``/``dev``/``test``: tuples of arrays with one row per example, or
+    splits (ddp_edf.data.splits); ``errors``: an optional metric node (B,).  The graph is built here
+    (float32).  The README ("Training your own model and data from Python") describes every option."""
 
     def __init__(self, loss, inputs, train, *, optimizer, global_batch: int, errors=None, dev=None,
                  test=None, schedule: Schedule = Schedule(), micro_batches: int = 1, drop_last: bool = False,
@@ -52,34 +51,39 @@ class Trainer:
                  log_every: int = 100, eval_every: int = 0, eval_batch: int = 1000, check_every: int = 1000,
                  timeout_s: float = 300.0, nonfinite: str = "stop", comm=None, echo: bool = True,
                  trajectory: dict | None = None, run_config: dict | None = None):
-        if global_batch < 1 or micro_batches < 1 or nonfinite not in ("stop", "skip"):
-            raise ValueError(f"Trainer needs global_batch >= 1, micro_batches >= 1 and nonfinite 'stop' or "
-                             f"'skip' (got {global_batch}, {micro_batches}, {nonfinite!r})")
-        self.comm = comm or make_comm("auto")
+        check_options(global_batch=global_batch, micro_batches=micro_batches, eval_batch=eval_batch, seed=seed,
+                      keep_checkpoints=keep_checkpoints, checkpoint_every=checkpoint_every, log_every=log_every,
+                      eval_every=eval_every, check_every=check_every, timeout_s=timeout_s, nonfinite=nonfinite)
+        self.comm = comm if hasattr(comm, "allreduce") else make_comm(comm or "auto")   # or "mpi", "serial"
         abort_on_uncaught_exception(self.comm)      # DDP: a rank that fails ends the job, never a hang
         self.threads_note = configure_blas_threads(self.comm.local_size)
         self.loss, self.errors, self.inputs = loss, errors, tuple(inputs)
         self.graph = Graph([loss] if errors is None else [loss, errors], grad_tail=2)
         self.flags = self.graph.grads_with_tail[-2:]  # DDP: [non-finite loss, stop signal], summed with the grads
+        if any(isinstance(n, Input) and n not in self.inputs for n in self.graph.nodes):
+            raise ValueError("the graph reads an Input that is not in inputs=: list every Input a batch fills")
         self.train, self.dev, self.test = (as_split(split, name, len(self.inputs), self.graph.dtype)
                                            for split, name in ((train, "train"), (dev, "dev"), (test, "test")))
         self.optimizer, self.schedule, self.global_batch = optimizer, schedule, global_batch
         self.micro_batches, self.nonfinite, self.out, self.echo = micro_batches, nonfinite, out, echo
         self.every = {"checkpoint": checkpoint_every, "log": log_every, "eval": eval_every, "check": check_every}
-        self.eval_batch, self.timeout_s = eval_batch, timeout_s
-        self.checkpoints = Checkpoints(out, keep_checkpoints, self.comm)
+        self.eval_batch, self.checkpoints = eval_batch, Checkpoints(out, keep_checkpoints, self.comm)
         self.steps_per_epoch = steps_per_epoch(len(self.train), global_batch, drop_last)
         if self.steps_per_epoch == 0:
             raise TrainingError(f"global_batch = {global_batch} exceeds the {len(self.train)} training examples "
                                 f"with drop_last: no step to take")
         self.trajectory = {**(trajectory or {}), "global_batch": global_batch, "drop_last": drop_last,
-                           "train_examples": len(self.train), "optimizer": type(optimizer).__name__}
+                           "train_examples": len(self.train), "optimizer": type(optimizer).__name__,
+                           "optimizer_state": list(optimizer.state_names)}
         self.run_config = run_config
+        check_agreement(self.comm, {**self.trajectory, "parameters": self.graph.layout()})  # DDP: same setup
         broadcast_params(self.comm, self.graph.params)   # DDP: every rank starts from rank 0's parameters
         self.seed = self.comm.broadcast_obj(secrets.randbits(31) if seed < 0 else seed)   # DDP: rank 0's seed
         self.step = self.skipped_steps = self.total_steps = 0
         self.stop_requested = self.stop_agreed = False
         self.totals, self.reporter = Totals(), Reporter(enabled=False)
+        # DDP: a rank that waits longer than timeout_s for the others aborts the job (one process cannot wait)
+        self.watchdog = Watchdog(self.comm, timeout_s if self.comm.world_size > 1 else 0)
 
     # -- one step -------------------------------------------------------------------------------
 
@@ -95,22 +99,23 @@ class Trainer:
             graph.grads.fill(0)       # DDP: an empty shard (B < W, a short last batch) still joins the sum
         loss_sum = 0.0
         for k, piece in enumerate(pieces):   # micro-batches: their gradients add up
-            for node, value in zip(self.inputs, self.train.batch(piece)):
-                node.value = value
+            feed(self.inputs, self.train.batch(piece))
             graph.forward()
             graph.backward(self.loss, grad_scale=1 / len(batch), accumulate=k > 0)  # DDP: 1/B_global
-            loss_sum += self.totals.add(self.loss.value, None if self.errors is None else self.errors.value)
+            errors = None if self.errors is None else self.errors.value
+            loss_sum += self.totals.add(self.loss.value, errors, len(piece))
         self.flags[:] = (not math.isfinite(loss_sum), self.stop_requested)      # DDP: my two flags
         comm.allreduce(graph.grads_with_tail)  # DDP: ONE Allreduce: the sum over ranks of grads and flags
         non_finite, stops = self.flags
         self.stop_agreed = stops > 0           # DDP: a signal reached some rank: all stop after this step
-        if non_finite:
-            return False
-        self.optimizer.step(graph.params, graph.grads, self.learning_rate())   # the same on every rank
-        return True
+        if not non_finite:
+            self.optimizer.step(graph.params, graph.grads, self.learning_rate())   # the same on every rank
+        self.step += 1
+        return not non_finite
 
-    def learning_rate(self) -> float:
-        return self.schedule(self.step, self.optimizer.lr, self.total_steps)
+    def learning_rate(self, step: int | None = None) -> float:
+        """eta at ``step`` (default: the next step's) under the schedule, for a run of total_steps."""
+        return self.schedule(self.step if step is None else step, self.optimizer.lr, self.total_steps)
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -118,54 +123,50 @@ class Trainer:
         """Train until ``epochs`` passes over the training set are done (at most ``max_steps``
         steps from the start of the run, 0 = no cap).  ``resume``: "auto" (the newest checkpoint
         in OUT, if any) or a checkpoint path.  Collective: every rank calls it.  Returns the figures."""
-        if epochs < 1 or max_steps < 0:
-            raise ValueError(f"fit needs epochs >= 1 and max_steps >= 0 (got {epochs}, {max_steps})")
+        check_options(epochs=epochs, max_steps=max_steps)
+        check_agreement(self.comm, {"fit(epochs, max_steps, resume)": (epochs, max_steps, resume)})  # DDP
         self.total_steps = min(epochs * self.steps_per_epoch, max_steps or math.inf)
         self.stop_requested = self.stop_agreed = False
-        note = self._resume(resume) if resume else ""
+        self.totals = Totals()
         if not resume and self.out and self.step == 0:
             root_decides(self.comm, lambda: check_fresh(self.out))
         self.reporter = Reporter(self.out, enabled=self.comm.is_root, echo=self.echo)
-        watchdog = Watchdog(self.comm, self.timeout_s).start()
         try:
-            with stop_signals(self._request_stop):
-                self._log_start(note)
-                last = self._loop(watchdog)
-            return self._finish(last)
+            with self.watchdog, stop_signals(self._request_stop):
+                self._log_start(self._resume(resume) if resume else "")
+                return self._finish(self._loop())
         finally:
-            watchdog.stop()
             self.reporter.close()
 
-    def _request_stop(self):
-        self.stop_requested = True   # acted on at the end of the current step, by every rank together
+    def _request_stop(self):   # SIGTERM/SIGUSR1: acted on at the end of the step, by every rank together
+        self.stop_requested = True
 
-    def _loop(self, watchdog) -> dict:
+    def _loop(self) -> dict:
         last, permutation, started, samples = {}, None, time.perf_counter(), 0
         while self.step < self.total_steps:
             epoch, t = divmod(self.step, self.steps_per_epoch)
             if permutation is None or t == 0:
                 permutation = epoch_permutation(self.seed, epoch, len(self.train))
-            batch = global_batch(permutation, t, self.global_batch)
+            batch = batch_indices(permutation, t, self.global_batch)
             if not self.train_step(batch):
                 self._non_finite(epoch)
-            self.step += 1
             samples += len(batch)
             self.reporter.advance()
-            watchdog.kick(f"step {self.step}")
+            self.watchdog.kick(f"step {self.step}")
             end_of_epoch = t == self.steps_per_epoch - 1 or self.step == self.total_steps
             if self._due("check"):
-                check_in_sync(self.comm, self.graph.params, self._segments(), self.step)
+                check_in_sync(self.comm, self.graph.params, self.graph.segments(), self.step)
             if self._due("checkpoint"):
                 self.save_checkpoint()
             eval_due = self._due("eval") if self.every["eval"] else end_of_epoch
             if self._due("log") or end_of_epoch or eval_due:
                 last = self._report(epoch, samples / (time.perf_counter() - started), eval_due)
                 started, samples = time.perf_counter(), 0
-                watchdog.kick(f"evaluation after step {self.step}")
             if self.stop_agreed:
-                self.save_checkpoint()
-                self.reporter.log(f"stopped by a signal after step {self.step}; checkpoint written; continue "
-                                  f"with resume = auto (exit code {EXIT_PREEMPTED})")
+                saved = self.save_checkpoint()
+                self.reporter.log(f"stopped by a signal after step {self.step}; " + (
+                    "checkpoint written; continue with resume = auto" if saved else "no output folder: nothing saved")
+                    + f" (exit code {EXIT_PREEMPTED})")
                 raise Preempted(f"stopped by a signal after step {self.step}")
         return last
 
@@ -181,7 +182,7 @@ class Trainer:
                           f"({self.skipped_steps} so far)")
 
     def _finish(self, last: dict) -> dict:
-        check_in_sync(self.comm, self.graph.params, self._segments(), self.step)  # DDP: agree at the end
+        check_in_sync(self.comm, self.graph.params, self.graph.segments(), self.step)  # DDP: agree at the end
         self.save_checkpoint()
         result = {"step": self.step, "seed": self.seed, "last": last}
         if self.test is not None:
@@ -194,14 +195,17 @@ class Trainer:
         return result
 
     def evaluate(self, split) -> dict:
-        """Loss (and error) over a whole split: collective, each rank evaluates a shard of it."""
+        """Loss (and error) over a whole split.  Collective: every rank calls it, each evaluates a shard."""
         split = as_split(split, "evaluation", len(self.inputs), self.graph.dtype)
-        return evaluate(self.graph, self.loss, self.errors, self.inputs, split, self.comm, self.eval_batch)
+        with self.watchdog:
+            return evaluate(self.graph, self.loss, self.errors, self.inputs, split, self.comm, self.eval_batch,
+                            on_batch=lambda: self.watchdog.kick("evaluation"))
 
     def _report(self, epoch: int, rate: float, with_dev: bool) -> dict:
         figures = {"train": self.totals.reduced(self.comm).figures(self.errors is not None)}  # DDP: all shards
         self.totals = Totals()
-        self.reporter.record(self.step, epoch, "train", figures["train"], samples_per_s=rate, lr=self.learning_rate())
+        self.reporter.record(self.step, epoch, "train", figures["train"], samples_per_s=rate,
+                             lr=self.learning_rate(self.step - 1))
         line = f"step {self.step:>7}  epoch {epoch}  train {describe(figures['train'])}"
         if with_dev and self.dev is not None and len(self.dev):
             figures["dev"] = self.evaluate(self.dev)
@@ -223,18 +227,15 @@ class Trainer:
 
     # -- checkpoints and resume -----------------------------------------------------------------
 
-    def _segments(self):
-        g = self.graph
-        return [(p.name, int(a), int(b)) for p, a, b in zip(g.parameters, g.offsets[:-1], g.offsets[1:])]
-
     def save_checkpoint(self):
-        """Rank 0 writes OUT/checkpoints/step-N.npz (nothing without an OUT)."""
+        """Rank 0 writes OUT/checkpoints/step-N.npz (nothing without an OUT); returns its path, or None."""
         meta = {"step": self.step, "epoch": self.step // self.steps_per_epoch, "seed": self.seed,
                 "step_in_epoch": self.step % self.steps_per_epoch, "world_size": self.comm.world_size,
                 "layout": self.graph.layout(), "trajectory": self.trajectory, "config": self.run_config}
         path = self.checkpoints.save(self.graph.params, self.optimizer.state_dict(), meta)
         if path:
             self.reporter.log(f"checkpoint: {path}")
+        return path
 
     def load_parameters(self, path: str):
         """Start from the parameters in an .npz keyed by name (e.g. another run's model.npz)."""
@@ -242,7 +243,7 @@ class Trainer:
 
     def _resume(self, resume: str) -> str:
         """Continue a saved run from its checkpoint: the parameters, the optimizer, the step and the seed."""
-        facts = self.checkpoints.restore(resume, self.graph, self.optimizer, self.trajectory)
+        facts = self.checkpoints.restore(resume, self.graph, self.optimizer, self.trajectory, warn=self.reporter.log)
         if facts is None:
             return "no checkpoint to resume from: a fresh start"
         self.step, self.seed = facts["step"], facts["seed"]

@@ -40,7 +40,7 @@ def test_broadcast_and_objects():
 @pytest.mark.mpi(min_size=2)
 def test_launch_detection_and_host_ranks():
     comm = MPIComm()
-    agree(comm, launched_by_mpi() and 1 <= comm.local_size <= comm.world_size and comm.local_rank < comm.local_size)
+    agree(comm, launched_by_mpi() and 1 <= comm.local_size <= comm.world_size and comm.host_comm.Get_rank() < comm.local_size)
 
 
 @pytest.mark.mpi(min_size=2)
