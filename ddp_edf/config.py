@@ -156,10 +156,6 @@ def _suggest(key: str) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def _field_type(section_cls, name):
-    return typing.get_type_hints(section_cls)[name]
-
-
 def _coerce(key: str, value, expected):
     """value as the field's type, or ConfigError.  int -> float is allowed, bool -> int is not."""
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
@@ -181,7 +177,7 @@ def apply(config: Config, key: str, value):
     section_cls = sections().get(section)
     if section_cls is None or name not in {f.name for f in dataclasses.fields(section_cls)}:
         raise ConfigError(f"unknown config key '{key}'{_suggest(key)}")
-    setattr(getattr(config, section), name, _coerce(key, value, _field_type(section_cls, name)))
+    setattr(getattr(config, section), name, _coerce(key, value, typing.get_type_hints(section_cls)[name]))
 
 
 def from_dict(tree: dict, config: Config | None = None, source: str = "config") -> Config:

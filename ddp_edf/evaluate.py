@@ -14,16 +14,13 @@ import os
 import sys
 
 from .config import ConfigError, from_dict, validate
-from .data import DataError, load_dataset, prepare_dataset
-from .engine.graph import Graph
-from .engine.models import build_model
-from .parallel.data_parallel import broadcast_params
+from .data import DataError
+from .parallel.data_parallel import OutOfSyncError, broadcast_params, root_decides
 from .parallel.faults import launch
-from .parallel.threads import configure_blas_threads
+from .train import build_trainer
 from .training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from .training.evaluation import evaluate
 
-EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError)
+EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, OutOfSyncError)
 
 
 def parse_args(argv):
@@ -55,30 +52,29 @@ def read_checkpoint(path: str) -> dict:
 def run(args, comm) -> int:
     if args.batch < 0:
         raise ConfigError(f"--batch {args.batch} must be positive")
-    checkpoint = read_checkpoint(args.checkpoint) if comm.is_root else None  # DDP: rank 0 reads the file
-    saved = comm.broadcast_obj(checkpoint["meta"] if comm.is_root else None)
+    checkpoint = {}
+
+    def read():    # DDP: rank 0 reads the file, every rank gets its metadata
+        checkpoint.update(read_checkpoint(args.checkpoint))
+        return checkpoint["meta"]
+    saved = root_decides(comm, read)
     config = from_dict(saved["config"], source=f"config saved in {args.checkpoint}")
     if args.data_dir:
         config.data.dir = args.data_dir
     validate(config)
-    configure_blas_threads(comm.local_size)
-    data, m = config.data, config.model
-    if comm.is_root:
-        prepare_dataset(data.dataset, data.dir, allow_download=data.download)
-    comm.barrier()
-    dataset = load_dataset(data.dataset, data.dir, False, data.dev_size, data.train_limit)
-    model = build_model(m.kind, dataset.num_features, dataset.num_classes, m.hidden, m.activation, m.init_seed)
-    graph = Graph(model.outputs)
-    if comm.is_root:
+    trainer = build_trainer(config, comm, echo=False)       # the model and data splits of the run
+    graph = trainer.graph
+
+    def load():
         if saved["layout"] != graph.layout() or checkpoint["params"].shape != graph.params.shape:
             raise CheckpointError(f"checkpoint {checkpoint['path']}: its parameters do not fit the model of its config")
         graph.params[...] = checkpoint["params"]
+    root_decides(comm, load)
     broadcast_params(comm, graph.params)  # DDP: every rank evaluates rank 0's parameters
-    split = getattr(dataset, args.split)
-    result = evaluate(graph, model.loss, model.errors, (model.x, model.y), split, comm,
-                      args.batch or config.eval.batch)
-    result = {"checkpoint": checkpoint["path"] if comm.is_root else None, "step": saved["step"],
-              "split": args.split, "dataset": data.dataset, **result, "accuracy": 1.0 - result["error"]}
+    trainer.eval_batch = args.batch or config.eval.batch
+    result = trainer.evaluate({"dev": trainer.dev, "test": trainer.test, "train": trainer.train}[args.split])
+    result = {"checkpoint": checkpoint.get("path"), "step": saved["step"], "split": args.split,
+              "dataset": config.data.dataset, **result, "accuracy": 1.0 - result["error"]}
     if comm.is_root:
         if args.json:
             print(json.dumps(result))
@@ -91,7 +87,7 @@ def run(args, comm) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return launch(args.dist, lambda comm: run(args, comm), EXPECTED_ERRORS)
+    return launch(args.dist, lambda comm: run(args, comm), EXPECTED_ERRORS, (ConfigError, CheckpointError, OutOfSyncError))
 
 
 if __name__ == "__main__":

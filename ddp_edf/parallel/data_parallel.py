@@ -29,15 +29,25 @@ def root_decides(comm, decide):
     return outcome
 
 
-def check_agreement(comm, facts: dict):
-    """Raise OutOfSyncError on every rank unless every rank holds the same ``facts`` (small values,
-    e.g. the number of training examples), naming the first that differs and where."""
+def first_difference(comm, facts: dict):
+    """Collective: (rank, key, its value, rank 0's) for the first of ``facts`` in which some rank
+    differs from rank 0, or None when every rank holds the same."""
     everyone = comm.allgather_obj(facts)
     for rank, theirs in enumerate(everyone):
         for key, value in everyone[0].items():
             if theirs.get(key) != value:
-                raise OutOfSyncError(f"rank {rank} has {key} = {theirs.get(key)!r} where rank 0 has {value!r}: "
-                                     f"every rank must run the same script on the same data with the same options")
+                return rank, key, theirs.get(key), value
+    return None
+
+
+def check_agreement(comm, facts: dict):
+    """Raise OutOfSyncError on every rank unless every rank holds the same ``facts`` (small values,
+    e.g. the number of training examples), naming the first that differs and where."""
+    difference = first_difference(comm, facts)
+    if difference:
+        rank, key, theirs, root = difference
+        raise OutOfSyncError(f"rank {rank} has {key} = {theirs!r} where rank 0 has {root!r}: every rank must "
+                             f"run the same script on the same data with the same options")
 
 
 def broadcast_params(comm, params: np.ndarray):
@@ -45,22 +55,13 @@ def broadcast_params(comm, params: np.ndarray):
     comm.broadcast(params, root=0)
 
 
-def segment_digests(params: np.ndarray, segments) -> list[str]:
-    """A short hash of the bytes of each named segment [start, stop) of ``params``."""
-    return [hashlib.blake2b(params[start:stop].tobytes(), digest_size=8).hexdigest()
-            for _, start, stop in segments]
-
-
 def check_in_sync(comm, params: np.ndarray, segments, step: int):
-    """Raise OutOfSyncError on every rank if any rank's parameters differ (bit for bit) from rank 0's.
-
-    ``segments`` is a list of (name, start, stop); the error names the first differing rank and segment.
-    """
-    digests = comm.allgather_obj(segment_digests(params, segments))
-    reference = digests[0]
-    for rank, theirs in enumerate(digests):
-        for (name, _, _), mine, root in zip(segments, theirs, reference):
-            if mine != root:
-                raise OutOfSyncError(
-                    f"parameters diverged at step {step}: rank {rank} differs from rank 0 first in '{name}'. "
-                    f"Ranks must run the same code, config and data; nondeterministic ops or a bad node can cause this")
+    """Raise OutOfSyncError on every rank if any rank's parameters differ (bit for bit) from rank 0's,
+    naming the first rank and parameter that differ.  ``segments``: [(name, start, stop), ...]."""
+    digests = {name: hashlib.blake2b(params[start:stop].tobytes(), digest_size=8).hexdigest()
+               for name, start, stop in segments}
+    difference = first_difference(comm, digests)
+    if difference:
+        raise OutOfSyncError(
+            f"parameters diverged at step {step}: rank {difference[0]} differs from rank 0 first in '{difference[1]}'. "
+            f"Ranks must run the same code, config and data; nondeterministic ops or a bad node can cause this")

@@ -1,2 +1,1 @@
-"""Training: the Trainer (any EDF model, NumPy data, one or many ranks), evaluation, checkpoints
-and rank-0 reports."""
+"""Training: the Trainer (any EDF model, NumPy data, one or many ranks), evaluation, checkpoints, reports."""

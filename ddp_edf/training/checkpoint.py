@@ -34,10 +34,6 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or belongs to another model or config."""
 
 
-def checkpoint_dir(out_dir) -> Path:
-    return Path(out_dir) / "checkpoints"
-
-
 def write_atomically(path, write):
     """``write(handle)`` into a temporary file beside ``path``, fsync, rename: readers see the old file or the new."""
     path = Path(path)
@@ -59,7 +55,7 @@ def write_atomically(path, write):
 
 
 def save_checkpoint(out_dir, params: np.ndarray, optim_state: dict, meta: dict, keep: int) -> Path:
-    folder = checkpoint_dir(out_dir)
+    folder = Path(out_dir) / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step-{meta['step']:08d}.npz"
     arrays = {"params": params, **{f"optim.{k}": np.asarray(v) for k, v in optim_state.items()},
@@ -95,7 +91,7 @@ def load_checkpoint(path) -> dict:
 def latest_checkpoint(out_dir, warn=None):
     """The newest checkpoint in OUT that loads; corrupt ones are skipped with a warning naming them."""
     warn = warn or (lambda message: print(message, file=sys.stderr))
-    folder = checkpoint_dir(out_dir)
+    folder = Path(out_dir) / "checkpoints"
     candidates = sorted((p for p in folder.iterdir() if NAME.match(p.name)), reverse=True) if folder.is_dir() else []
     for path in candidates:
         try:
@@ -105,16 +101,13 @@ def latest_checkpoint(out_dir, warn=None):
     return None
 
 
-def find_checkpoint(resume: str, out_dir, warn=None) -> dict | None:
-    """The checkpoint ``resume`` names: "auto" = the newest valid one in OUT (None if there is none)."""
-    if resume == "auto":
-        return latest_checkpoint(out_dir, warn) if out_dir else None
-    return load_checkpoint(resume)
-
-
 def read_resume_point(resume: str, out_dir, graph, state_names, trajectory: dict, warn=None):
-    """(the checkpoint, its small facts for every rank), or (None, None) when resume="auto" finds none."""
-    checkpoint = find_checkpoint(resume, out_dir, warn)
+    """The checkpoint ``resume`` names ("auto": the newest valid one in OUT) and its small facts for
+    every rank; (None, None) when "auto" finds none."""
+    if resume == "auto":
+        checkpoint = latest_checkpoint(out_dir, warn) if out_dir else None
+    else:
+        checkpoint = load_checkpoint(resume)
     if checkpoint is None:
         return None, None
     check_resumable(checkpoint, graph, state_names, trajectory)
