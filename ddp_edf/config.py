@@ -1,4 +1,4 @@
-"""The command line's typed configuration: dataclasses whose defaults are configs/mnist_mlp.toml.
+"""The command line's typed configuration: dataclasses whose defaults are configs/digits_mlp.toml.
 
 A TOML file overrides some keys, ``--set section.key=value`` overrides more; anything unknown,
 mistyped or out of range is a ConfigError naming the key, the value and what is allowed.
@@ -7,6 +7,7 @@ mistyped or out of range is a ConfigError naming the key, the value and what is 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import sys
 import typing
@@ -24,10 +25,10 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    dataset: str = "mnist"        # mnist | fashion-mnist | idx:<folder with the four IDX files>
-    dir: str = ""                 # folder looked in first for the dataset's files
-    download: bool = True         # fetch into the cache when not found
-    dev_size: int = 10000         # dev = the last dev_size training images (0 = no dev set)
+    dataset: str = "digits"       # digits (built in) | mnist | fashion-mnist | idx:<folder with the four IDX files>
+    dir: str = ""                 # the folder holding the dataset's files (mnist, fashion-mnist; else searched)
+    download: bool = True         # fetch mnist / fashion-mnist into the cache when not found
+    dev_size: int = -1            # dev = the last dev_size training images (-1: the dataset's own; 0: none)
     train_limit: int = 0          # keep only the first N training examples (0 = all)
 
 
@@ -80,8 +81,9 @@ class LogConfig:
 @dataclass
 class DistConfig:
     check_every: int = 1000       # steps between parameter checksums across ranks (0 = only at the end)
-    timeout_s: float = 300.0      # watchdog: abort when no step completes for this long (0 = off)
+    timeout_s: float = 300.0      # watchdog (several ranks): abort when a rank waits this long (0 = off)
     nonfinite: str = "stop"       # non-finite loss: stop | skip (the step, on every rank)
+    max_skipped: float = 0.1      # skip: fail when more than this fraction of the steps was skipped
 
 
 @dataclass
@@ -111,9 +113,10 @@ CHOICES = {
 }
 # key -> (test, what is allowed)
 RANGES = {
-    "data.dev_size": (lambda v: v >= 0, ">= 0"),
+    "data.dev_size": (lambda v: v >= -1, ">= 0, or -1 for the dataset's own"),
     "data.train_limit": (lambda v: v >= 0, ">= 0 (0 = all)"),
-    "model.hidden": (lambda v: all(isinstance(w, int) and w >= 1 for w in v), "a list of widths >= 1"),
+    "model.hidden": (lambda v: all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= 1_000_000 for w in v),
+                     "a list of integer widths in [1, 1000000]"),
     "optim.lr": (lambda v: v > 0, "> 0"),
     "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
@@ -133,7 +136,8 @@ RANGES = {
     "eval.batch": (lambda v: v >= 1, ">= 1"),
     "log.every": (lambda v: v >= 1, ">= 1"),
     "dist.check_every": (lambda v: v >= 0, ">= 0"),
-    "dist.timeout_s": (lambda v: v >= 0, ">= 0 (0 = off)"),
+    "dist.timeout_s": (lambda v: v == 0 or v >= 1, "0 (off) or at least 1 second"),
+    "dist.max_skipped": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
     "checkpoint.every_steps": (lambda v: v >= 0, ">= 0 (0 = only at the end)"),
     "checkpoint.keep": (lambda v: v >= 1, ">= 1"),
 }
@@ -192,28 +196,44 @@ def from_dict(tree: dict, config: Config | None = None, source: str = "config") 
 
 
 def parse_override(text: str) -> tuple[str, object]:
-    """'section.key=value' -> (key, value); value is read as TOML, else taken as a plain string."""
+    """'section.key=value' -> (key, value); value is read as TOML, else taken as a plain string.
+    A key whose type is a string takes the text as given (data.dir=123 is the folder '123')."""
     if "=" not in text:
         raise ConfigError(f"--set '{text}' must look like section.key=value")
     key, raw = (part.strip() for part in text.split("=", 1))
+    section, _, name = key.partition(".")
+    section_cls = sections().get(section)
+    if section_cls and typing.get_type_hints(section_cls).get(name) is str and not raw.startswith(('"', "'")):
+        return key, raw
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
-    return key, value
+    return key, raw if isinstance(value, (datetime.date, datetime.time)) else value   # no key holds a date
+
+
+def read_toml(path) -> dict:
+    """A TOML file as a dict (UTF-8, a byte-order mark accepted), or a ConfigError naming the problem."""
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read().decode("utf-8-sig")
+        return tomllib.loads(text)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"--config {path} is a folder: give a TOML file (e.g. configs/digits_mlp.toml)") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {error.start}): save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read {path} ({error.strerror})") from None
 
 
 def load_config(path=None, overrides=()) -> Config:
     config = Config()
     if path:
-        try:
-            with open(path, "rb") as handle:
-                tree = tomllib.load(handle)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} not found") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{path} is not valid TOML: {error}") from None
-        from_dict(tree, config, str(path))
+        from_dict(read_toml(path), config, str(path))
     for text in overrides:
         apply(config, *parse_override(text))
     validate(config)
@@ -233,11 +253,14 @@ def validate(config: Config):
         raise ConfigError("optim.schedule = 'step' needs optim.step_size >= 1")
     if config.optim.nesterov and config.optim.momentum == 0:
         raise ConfigError("optim.nesterov = true needs optim.momentum > 0")
+    if config.optim.schedule == "cosine" and config.optim.min_lr > config.optim.lr:
+        raise ConfigError(f"optim.min_lr = {config.optim.min_lr} > optim.lr = {config.optim.lr}: a cosine schedule "
+                          f"would climb; give min_lr <= lr")
     if config.model.kind == "lecture_mlp" and len(config.model.hidden) != 1:
         raise ConfigError(f"model.kind = 'lecture_mlp' has one hidden layer: model.hidden = {config.model.hidden} "
                           f"must hold one width")
     if not config.data.dataset:
-        raise ConfigError("data.dataset is empty: use mnist, fashion-mnist or idx:<folder>")
+        raise ConfigError("data.dataset is empty: use digits, mnist, fashion-mnist or idx:<folder>")
 
 
 def get(config: Config, key: str):

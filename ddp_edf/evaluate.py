@@ -21,6 +21,7 @@ from .train import build_trainer
 from .training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 
 EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, OutOfSyncError)
+COLLECTIVE_ERRORS = (ConfigError, CheckpointError, OutOfSyncError)
 
 
 def parse_args(argv):
@@ -59,8 +60,11 @@ def run(args, comm) -> int:
         return checkpoint["meta"]
     saved = root_decides(comm, read)
     config = from_dict(saved["config"], source=f"config saved in {args.checkpoint}")
-    if args.data_dir:
-        config.data.dir = args.data_dir
+    if args.data_dir:   # the files moved: an idx: dataset names its folder itself
+        if config.data.dataset.startswith("idx:"):
+            config.data.dataset = f"idx:{args.data_dir}"
+        else:
+            config.data.dir = args.data_dir
     validate(config)
     trainer = build_trainer(config, comm, echo=False)       # the model and data splits of the run
     graph = trainer.graph
@@ -87,7 +91,7 @@ def run(args, comm) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return launch(args.dist, lambda comm: run(args, comm), EXPECTED_ERRORS, (ConfigError, CheckpointError, OutOfSyncError))
+    return launch(args.dist, lambda comm: run(args, comm), EXPECTED_ERRORS, COLLECTIVE_ERRORS)
 
 
 if __name__ == "__main__":

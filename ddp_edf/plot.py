@@ -17,26 +17,44 @@ class PlotError(RuntimeError):
     pass
 
 
+FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
 def read_metrics(out_dir) -> dict:
     """{split: [(step, record), ...]} sorted by step; a step logged twice (a resumed run) keeps its last record."""
     path = Path(out_dir) / "metrics.jsonl"
     if not path.is_file():
         raise PlotError(f"{path} not found: give the OUT folder of a run (it holds metrics.jsonl)")
     by_split: dict = {}
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise PlotError(f"{path} is not a text file of JSON records: give the OUT folder of a ddp_edf run") from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
-            by_split.setdefault(record["split"], {})[int(record["step"])] = record
-        except (ValueError, KeyError, TypeError):
+            if not is_record(record):
+                raise ValueError
+            by_split.setdefault(record["split"], {})[record["step"]] = record
+        except ValueError:
             if number == len(lines):
                 continue  # a last line cut short by a kill: ignore it
-            raise PlotError(f"{path}:{number} is not a metrics record: {line[:80]!r}") from None
+            raise PlotError(f"{path}:{number} is not a metrics record (step, split, numeric loss): "
+                            f"{line[:80]!r}") from None
     if not by_split:
         raise PlotError(f"{path} holds no records yet: plot again once the run has logged")
     return {split: sorted(records.items()) for split, records in by_split.items()}
+
+
+def is_record(record) -> bool:
+    """A metrics record: an integer step and epoch, a split name, a numeric loss (and error, if any)."""
+    def number(value):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return (isinstance(record, dict) and isinstance(record.get("split"), str) and isinstance(record.get("step"), int)
+            and isinstance(record.get("epoch", 0), int) and number(record.get("loss"))
+            and number(record.get("error", 0.0)))
 
 
 STYLE = {"train": dict(color="#1f77b4", lw=1.2, marker=".", ms=3, label="train (interval mean)"),
@@ -102,6 +120,10 @@ def main(argv=None) -> int:
     output = Path(args.output or Path(args.out) / "curves.png")
     try:
         metrics = read_metrics(args.out)
+        if output.suffix.lower() not in FORMATS:
+            raise PlotError(f"--output {output}: unknown image type; end the name with one of {', '.join(FORMATS)}")
+        if not output.parent.is_dir():
+            raise PlotError(f"--output {output}: the folder {output.parent} does not exist: create it first")
         draw(metrics, describe_run(args.out), output)
     except PlotError as error:
         print(f"ddp_edf: error: {error}", file=sys.stderr)

@@ -17,22 +17,24 @@ from .config import ConfigError, describe_keys, load_config, to_dict, to_toml
 from .data import DataError, load_dataset, prepare_dataset
 from .engine.models import build_model
 from .engine.optim import SGD, Adam, Schedule
-from .parallel.data_parallel import OutOfSyncError, root_decides
-from .parallel.faults import launch
-from .training.checkpoint import CheckpointError, check_fresh, write_atomically
+from .parallel.data_parallel import OutOfSyncError
+from .parallel.faults import WatchdogFired, launch
+from .training.checkpoint import CheckpointError, write_atomically
 from .training.errors import EXIT_PREEMPTED, Preempted, TrainingError
+from .training.run_folder import RunFolderError
 from .training.trainer import Trainer
 
-EXPECTED_ERRORS = (ConfigError, DataError, TrainingError, OutOfSyncError, CheckpointError)
+EXPECTED_ERRORS = (ConfigError, DataError, TrainingError, OutOfSyncError, CheckpointError, RunFolderError,
+                   WatchdogFired)
 # Raised alike on every rank (rank 0 decided, or all saw the same): printed once, by rank 0.
-COLLECTIVE_ERRORS = (ConfigError, TrainingError, OutOfSyncError, CheckpointError)
+COLLECTIVE_ERRORS = (ConfigError, TrainingError, OutOfSyncError, CheckpointError, RunFolderError)
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python -m ddp_edf.train", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train an EDF model, in one process or data-parallel over MPI ranks.",
-        epilog="config keys (defaults = configs/mnist_mlp.toml):\n" + describe_keys())
+        epilog="config keys (defaults = configs/digits_mlp.toml):\n" + describe_keys())
     parser.add_argument("--config", help="TOML file of overrides (see configs/)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one key, e.g. --set optim.lr=0.05 (repeatable)")
@@ -50,7 +52,7 @@ def choose_out_dir(requested, config_path, comm) -> str:
     """Rank 0 picks OUT (a fresh folder under runs/ by default) and tells the others."""
     out = requested
     if comm.is_root and not out:
-        stem = Path(config_path).stem if config_path else "mnist_mlp"
+        stem = Path(config_path).stem if config_path else "digits_mlp"
         out = base = os.path.join("runs", f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{stem}")
         suffix = 1
         while os.path.exists(out):
@@ -72,17 +74,21 @@ def build_trainer(config, comm, out=None, echo=True) -> Trainer:
         prepare_dataset(data.dataset, data.dir, data.download)
     comm.barrier()
     dataset = load_dataset(data.dataset, data.dir, False, data.dev_size, data.train_limit)
-    model = build_model(m.kind, dataset.num_features, dataset.num_classes, m.hidden, m.activation, m.init_seed)
-    return Trainer(
-        model.loss, (model.x, model.y), dataset.train, errors=model.errors, dev=dataset.dev, test=dataset.test,
-        optimizer=build_optimizer(o), schedule=Schedule(o.schedule, o.warmup_steps, o.step_size, o.gamma, o.min_lr),
-        global_batch=t.global_batch, micro_batches=t.micro_batches, drop_last=t.drop_last, seed=t.seed,
-        out=out, checkpoint_every=config.checkpoint.every_steps, keep_checkpoints=config.checkpoint.keep,
-        log_every=config.log.every, eval_every=config.eval.every, eval_batch=config.eval.batch,
-        check_every=config.dist.check_every, timeout_s=config.dist.timeout_s, nonfinite=config.dist.nonfinite,
-        comm=comm, echo=echo, run_config=to_dict(config),
-        trajectory={"model": to_dict(config)["model"], "data.dataset": data.dataset, "data.dev_size": data.dev_size,
-                    "data.train_limit": data.train_limit})
+    try:
+        model = build_model(m.kind, dataset.num_features, dataset.num_classes, m.hidden, m.activation, m.init_seed)
+        return Trainer(
+            model.loss, (model.x, model.y), dataset.train, errors=model.errors, dev=dataset.dev, test=dataset.test,
+            optimizer=build_optimizer(o), schedule=Schedule(o.schedule, o.warmup_steps, o.step_size, o.gamma, o.min_lr),
+            global_batch=t.global_batch, micro_batches=t.micro_batches, drop_last=t.drop_last, seed=t.seed,
+            out=out, checkpoint_every=config.checkpoint.every_steps, keep_checkpoints=config.checkpoint.keep,
+            log_every=config.log.every, eval_every=config.eval.every, eval_batch=config.eval.batch,
+            check_every=config.dist.check_every, timeout_s=config.dist.timeout_s, nonfinite=config.dist.nonfinite,
+            max_skipped=config.dist.max_skipped, comm=comm, echo=echo, run_config=to_dict(config),
+            trajectory={"model": to_dict(config)["model"], "data.dataset": data.dataset,
+                        "data.dev_size": data.dev_size, "data.train_limit": data.train_limit})
+    except MemoryError:
+        raise ConfigError(f"not enough memory for the model (model.hidden = {m.hidden} on {dataset.num_features} "
+                          f"inputs): give smaller widths") from None
 
 
 def write_config(out, config, seed, comm):
@@ -99,15 +105,17 @@ def run(args, comm) -> int:
     trainer = build_trainer(config, comm, out)
     if args.init:
         trainer.load_parameters(args.init)
-    if not args.resume:   # a new run: its config (and seed) before the first step; a resumed run keeps its own
-        root_decides(comm, lambda: check_fresh(out))
+    with trainer.folder.claimed(fresh=not args.resume) as note:   # rank 0 holds OUT's lock from here on
+        if note and comm.is_root:
+            print(note)
+        if not args.resume:   # a new run: its config (and seed) before the first step; a resumed run keeps its own
+            write_config(out, config, trainer.seed, comm)
+        try:
+            trainer.fit(config.train.epochs, config.train.max_steps, resume=args.resume)
+        except Preempted:
+            write_config(out, config, trainer.seed, comm)
+            return EXIT_PREEMPTED
         write_config(out, config, trainer.seed, comm)
-    try:
-        trainer.fit(config.train.epochs, config.train.max_steps, resume=args.resume)
-    except Preempted:
-        write_config(out, config, trainer.seed, comm)
-        return EXIT_PREEMPTED
-    write_config(out, config, trainer.seed, comm)
     return 0
 
 

@@ -4,7 +4,7 @@
 # Usage:  launch/local.sh [-n RANKS] [-t THREADS_PER_RANK] [-c CONFIG] [-o OUT] [-b BIND] [-- TRAIN_ARGS...]
 #   -n RANKS             MPI ranks (default: $NPROC, else the number of cores)
 #   -t THREADS_PER_RANK  BLAS threads per rank (default: cores / RANKS, at least 1)
-#   -c CONFIG            TOML config (default: the built-in defaults = configs/mnist_mlp.toml)
+#   -c CONFIG            TOML config (default: the built-in defaults = configs/digits_mlp.toml)
 #   -o OUT               run folder, resumed from its newest checkpoint if it has one (--resume auto)
 #   -b BIND              process binding passed to MPICH's mpiexec as -bind-to BIND (core, socket,
 #                        none; default: none). With Open MPI use --bind-to via MPIEXEC_ARGS instead.
@@ -45,6 +45,7 @@ shift $((OPTIND - 1))
 case "$ranks" in ''|*[!0-9]*|0) echo "launch/local.sh: -n $ranks must be a positive integer" >&2; exit 2 ;; esac
 [ -z "$threads" ] && threads=$(( cores / ranks > 0 ? cores / ranks : 1 ))
 case "$threads" in ''|*[!0-9]*|0) echo "launch/local.sh: -t $threads must be a positive integer" >&2; exit 2 ;; esac
+case "$bind" in core|socket|none) ;; *) echo "launch/local.sh: -b $bind must be core, socket or none" >&2; exit 2 ;; esac
 if [ -n "$config" ] && [ ! -f "$config" ]; then
   echo "launch/local.sh: config $config not found (see configs/)" >&2; exit 2
 fi

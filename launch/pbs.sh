@@ -3,7 +3,7 @@
 # this script has not been run on a real scheduler).
 #
 # Usage:  qsub -v CONFIG=configs/fashion_mlp.toml,TRAIN_ARGS="--set train.epochs=10" launch/pbs.sh
-# Environment: CONFIG (default configs/mnist_mlp.toml), TRAIN_ARGS, OUT (default runs/pbs-<job id>),
+# Environment: CONFIG (default configs/digits_mlp.toml), TRAIN_ARGS, OUT (default runs/pbs-<job id>),
 #   PYTHON (default $PBS_O_WORKDIR/.venv/bin/python).
 # PBS sends SIGTERM on qdel and preemption (then SIGKILL after kill_delay): the trainer finishes its step,
 # checkpoints and exits with 75, and this script reruns the job (qrerun; -r y makes it rerunnable), which
@@ -24,7 +24,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
 # shellcheck disable=SC2086  # TRAIN_ARGS is a list of arguments
 "$(dirname "$python")/mpiexec" -n "$ranks" -f "${PBS_NODEFILE}" "$python" -m ddp_edf.train \
-  --config "${CONFIG:-configs/mnist_mlp.toml}" --out "$out" --resume auto ${TRAIN_ARGS:-} &
+  --config "${CONFIG:-configs/digits_mlp.toml}" --out "$out" --resume auto ${TRAIN_ARGS:-} &
 ranks_pid=$!
 trap 'kill -TERM "$ranks_pid" 2>/dev/null' TERM
 wait "$ranks_pid"; status=$?

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddp_edf import (SGD, Adam, Affine, CompNode, ErrorRate, Input, Parameter, Preempted, Relu, Schedule, SoftmaxCrossEntropy,
-                     Trainer)
+from ddp_edf import (SGD, Adam, Affine, CompNode, ErrorRate, Input, Parameter, Preempted, Relu, Schedule,
+                     SoftmaxCrossEntropy, Trainer, TrainingError)
 from ddp_edf.data import ArraySplit
 from ddp_edf.parallel.comm import SerialComm
 from ddp_edf.training.checkpoint import CheckpointError
+from ddp_edf.training.run_folder import RunFolderError
 
 ROOT = Path(__file__).resolve().parents[1]
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
@@ -156,7 +157,7 @@ def test_bad_input_is_named():
 
 def test_an_out_folder_holding_a_run_is_refused_and_checkpoints_of_another_model_too(tmp_path):
     toy_trainer(out=str(tmp_path / "run")).fit(epochs=1)
-    with pytest.raises(CheckpointError, match="already holds a run"):
+    with pytest.raises(RunFolderError, match="already holds a run"):
         toy_trainer(out=str(tmp_path / "run")).fit(epochs=1)
     with pytest.raises(CheckpointError, match="optimizer = 'Adam', this run has 'SGD'"):
         toy_trainer(out=str(tmp_path / "run"), optimizer=SGD(lr=0.1)).fit(epochs=2, resume="auto")
@@ -220,3 +221,29 @@ def test_sigterm_without_an_output_folder_says_nothing_was_saved(capsys):
     with pytest.raises(Preempted):
         trainer.fit(epochs=2)
     assert "no output folder: nothing saved" in capsys.readouterr().out
+
+
+class NaNAt(ArraySplit):
+    """Training data whose given batches (by call count) hold a NaN: a bad record in the data."""
+
+    def __init__(self, bad, *arrays):
+        super().__init__(*arrays)
+        self.bad, self.calls = bad, 0
+
+    def batch(self, index):
+        self.calls += 1
+        x, y = super().batch(index)
+        return (np.full_like(x, np.nan), y) if self.calls in self.bad else (x, y)
+
+
+def test_skip_leaves_the_parameters_of_a_bad_batch_alone_and_stops_when_it_is_most():
+    X, Y = toy_problem()
+    once = toy_trainer(train=NaNAt({5}, X[:200], Y[:200]), nonfinite="skip")
+    whole = toy_trainer(train=NaNAt({5}, X[:200], Y[:200]), nonfinite="skip")
+    before = once.graph.params.copy()
+    result = once.fit(epochs=4)
+    assert once.skipped_steps == 1 and result["step"] == 28 and np.all(np.isfinite(once.graph.params))
+    assert not np.array_equal(before, once.graph.params)
+    whole.train.bad = set(range(1, 29))                   # every batch bad: the run fails, naming the count
+    with pytest.raises(TrainingError, match="10 of 10 steps had a non-finite loss"):
+        whole.fit(epochs=4)

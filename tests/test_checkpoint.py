@@ -83,8 +83,12 @@ def test_checkpoint_without_the_optimizer_state_is_refused(tiny_data, tmp_path, 
     assert "optimizer_state = [], this run has ['velocity']" in error and "Traceback" not in error
 
 
-def small_checkpoint(out, step, value=1.0):
-    return save_checkpoint(out, np.full(5, value, np.float32), {}, {"step": step, "layout": [], "config": {}}, keep=10)
+def meta(step):
+    return {"step": step, "seed": 1, "world_size": 1, "layout": [], "trajectory": {}, "config": {}}
+
+
+def small_checkpoint(out, step, value=1.0, keep=10):
+    return save_checkpoint(out, np.full(5, value, np.float32), {"steps_taken": np.array(step)}, meta(step), keep=keep)
 
 
 def test_corrupt_newest_is_skipped_with_a_warning(tmp_path):
@@ -108,7 +112,8 @@ WRITER = """
 import sys, numpy as np
 from ddp_edf.training.checkpoint import save_checkpoint
 print('ready', flush=True)
-save_checkpoint(sys.argv[1], np.ones(150_000_000, np.float32), {}, {"step": 2, "layout": [], "config": {}}, keep=10)
+save_checkpoint(sys.argv[1], np.ones(150_000_000, np.float32), {"steps_taken": np.array(2)},
+                {"step": 2, "seed": 1, "world_size": 1, "layout": [], "trajectory": {}, "config": {}}, keep=10)
 """
 
 

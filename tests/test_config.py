@@ -1,4 +1,4 @@
-"""Configs: defaults equal configs/mnist_mlp.toml; every kind of error is one clear line."""
+"""Configs: defaults equal configs/digits_mlp.toml; every kind of error is one clear line."""
 
 import sys
 from pathlib import Path
@@ -15,8 +15,8 @@ else:
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-def test_defaults_equal_mnist_mlp_toml():
-    assert load_config(CONFIGS / "mnist_mlp.toml") == Config()
+def test_defaults_equal_digits_mlp_toml():
+    assert load_config(CONFIGS / "digits_mlp.toml") == Config()
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.toml")))

@@ -31,12 +31,32 @@ def test_search_order(isolated_data, monkeypatch):
 def test_not_found_offline_lists_every_place(isolated_data, monkeypatch):
     monkeypatch.setenv("DDP_EDF_DATA", str(isolated_data / "env"))
     with pytest.raises(DataError) as error:
-        ds.locate("mnist", str(isolated_data / "mine"), allow_download=False)
+        ds.locate("mnist", allow_download=False)
     message = str(error.value)
-    for place in ("mine", "env/mnist", "cache/ddp_edf/mnist", "system/mnist", "data.download",
+    for place in ("env/mnist", "cache/ddp_edf/mnist", "system/mnist", "data.download",
                   "python -m ddp_edf.data download mnist"):
         assert place in message
     assert "\n" not in message
+
+
+def test_a_data_dir_the_user_names_is_the_only_place_looked_in(isolated_data, monkeypatch):
+    """Like torchvision's root=: no silent fall-back to another copy elsewhere on the machine."""
+    write_dataset(isolated_data / "cache/ddp_edf/mnist")
+    write_dataset(isolated_data / "system/fashion-mnist")
+    for name in ("mnist", "fashion-mnist", "digits"):
+        with pytest.raises(DataError, match=f"{isolated_data / 'mine'} does not hold the four IDX files of {name}"):
+            ds.locate(name, str(isolated_data / "mine"))
+    assert ds.locate("mnist")["train_images"].parent == isolated_data / "cache/ddp_edf/mnist"
+
+
+def test_digits_are_built_in(isolated_data, monkeypatch):
+    """The default dataset needs no network and no cache: 1,497 + 300 real 8x8 digits in the package."""
+    monkeypatch.setattr("ddp_edf.data.download.download", lambda *a, **k: pytest.fail("digits must not download"))
+    data = load_dataset("digits")
+    assert (len(data.train), len(data.dev), len(data.test), data.num_features) == (1197, 300, 300, 64)
+    assert data.train.images.dtype == np.uint8 and data.train.images.max() == 255
+    assert sorted(set(data.test.labels.tolist())) == list(range(10))
+    assert not (isolated_data / "cache").exists()
 
 
 def test_unknown_dataset_name(isolated_data):

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from idx_files import write_dataset
@@ -172,3 +173,29 @@ def test_a_script_failing_on_one_rank_or_with_other_data_ends_the_job(tmp_path, 
     result, seconds = run_job(2, [str(script), mode], timeout=60)
     assert result.returncode != 0 and seconds < 20
     assert expected in result.stderr, result.stderr[-3000:]
+
+
+def test_ranks_given_different_options_stop_with_one_clear_line(job_args, tmp_path):
+    """mpiexec's MPMD form gives each rank its own command line: the ranks compare their setup first."""
+    command = [sys.executable, "-m", "ddp_edf.train", "--out", str(tmp_path / "r"), *job_args]
+    result = subprocess.run([MPIEXEC, "-n", "1", *command, "--set", "train.max_steps=5", ":",
+                             "-n", "1", *command, "--set", "train.max_steps=6"], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60, env=clean_env())
+    assert result.returncode != 0
+    assert "rank 1 has run = " in result.stderr and "where rank 0 has" in result.stderr, result.stderr[-3000:]
+    assert "Message truncated" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_checkpoint_of_another_size_is_refused_before_any_collective(job_args, tmp_path):
+    out = tmp_path / "r"
+    result, _ = run_job(2, ["-m", "ddp_edf.train", "--out", str(out), *job_args, "--set", "train.max_steps=3"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    path = next((out / "checkpoints").glob("*.npz"))
+    with np.load(path) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    arrays["params"] = np.ones(7, np.float32)
+    np.savez(path, **arrays)
+    result, seconds = run_job(2, ["-m", "ddp_edf.train", "--out", str(out), *job_args, "--resume", str(path)])
+    assert result.returncode != 0 and seconds < 30
+    assert "'params' holds (7,) float32 values" in result.stderr and "do not match" not in result.stderr
+    assert result.stderr.count("ddp_edf: error:") == 1, result.stderr[-3000:]

@@ -92,5 +92,6 @@ def test_nonfinite_loss_stops_or_skips(data_dir, tmp_path):
     with pytest.raises(TrainingError, match=r"non-finite loss at step \d+ .*lower the learning rate"):
         run.run()
     skipping, skipping_run = make_trainer(data_dir, tmp_path, "optim.lr=1e30", "dist.nonfinite=skip")
-    skipping_run.run()
+    with pytest.raises(TrainingError, match=r"\d+ of \d+ steps had a non-finite loss and were skipped"):
+        skipping_run.run()
     assert skipping.skipped_steps > 0

@@ -1,10 +1,11 @@
 """Datasets by name, where their files are looked for, and the train / dev / test splits.
 
-Search order for dataset NAME (the first folder holding all four files, raw or .gz, wins):
-  1. ``data.dir`` from the config
-  2. ``$DDP_EDF_DATA/NAME``
-  3. the cache ``$XDG_CACHE_HOME/ddp_edf/NAME`` (default ``~/.cache/ddp_edf/NAME``)
-  4. ``/usr/share/datasets/NAME`` (Debian's dataset-fashion-mnist installs there)
+``digits`` is built in (ddp_edf/data/digits: 1,797 8x8 images, no network).  For ``mnist`` and
+``fashion-mnist``, a ``data.dir`` the user names is the only folder looked in (never a silent
+fall-back elsewhere); without one, the first folder holding all four files (raw or .gz) wins:
+  1. ``$DDP_EDF_DATA/NAME``
+  2. the cache ``$XDG_CACHE_HOME/ddp_edf/NAME`` (default ``~/.cache/ddp_edf/NAME``)
+  3. ``/usr/share/datasets/NAME`` (Debian's dataset-fashion-mnist installs there)
 Then, if downloading is allowed, the files are fetched into the cache.  ``idx:DIR`` names a folder
 directly and is never downloaded.
 
@@ -37,9 +38,12 @@ class DatasetSpec:
     sha256: dict          # role -> SHA-256 of the official .gz file
     mirrors: tuple        # base URLs; file URL = base + file name + ".gz"
     num_classes: int = 10
+    dev_size: int = 10000               # the default dev split: the last dev_size training images
+    folder: Path | None = None          # a built-in dataset's files (never downloaded)
 
 
 DATASETS = {
+    "digits": DatasetSpec("digits", {}, (), dev_size=300, folder=Path(__file__).parent / "digits"),
     "mnist": DatasetSpec(
         "mnist",
         {"train_images": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
@@ -85,7 +89,11 @@ def _files_in(folder: Path):
 def candidate_dirs(name: str, data_dir: str = "") -> list[Path]:
     if name.startswith("idx:"):
         return [Path(name[4:]).expanduser()]
-    dirs = [Path(data_dir).expanduser()] if data_dir else []
+    if data_dir:                              # the user named the folder: only there
+        return [Path(data_dir).expanduser()]
+    if DATASETS[name].folder:
+        return [DATASETS[name].folder]
+    dirs = []
     if os.environ.get("DDP_EDF_DATA"):
         dirs.append(Path(os.environ["DDP_EDF_DATA"]).expanduser() / name)
     dirs.append(cache_root() / name)
@@ -105,8 +113,10 @@ def locate(name: str, data_dir: str = "", allow_download: bool = True, progress=
             return files
     wanted = ", ".join(FILE_NAMES[r] + "[.gz]" for r in ROLES)
     looked = "; ".join(str(d) for d in dirs)
-    if name.startswith("idx:"):
-        raise DataError(f"{dirs[0]} does not hold the four IDX files ({wanted})")
+    if name.startswith("idx:") or data_dir or DATASETS[name].folder:
+        raise DataError(f"{dirs[0]} does not hold the four IDX files of {name} ({wanted}): put them there, "
+                        f"or name the folder that holds them" + ("" if name.startswith("idx:") else
+                                                               " (data.dir), or unset data.dir to search"))
     if not allow_download:
         raise DataError(f"{name} not found (looked in: {looked}); put {wanted} in one of these folders, "
                         f"set data.dir, or allow data.download (or run 'python -m ddp_edf.data download {name}' "
@@ -168,20 +178,27 @@ def _images_and_labels(files: dict, split: str, num_classes: int):
                         f"holds {len(labels)} labels")
     if len(labels) and labels.max() >= num_classes:
         raise DataError(f"{labels_path}: label {int(labels.max())} out of range 0..{num_classes - 1}")
+    if len(images) == 0 or images.shape[1] * images.shape[2] == 0:
+        raise DataError(f"{images_path}: no images to {split} on (shape {images.shape}): the file is empty")
     return images.reshape(len(images), -1), np.asarray(labels, dtype=np.int64)
 
 
-def load_dataset(name: str, data_dir: str = "", allow_download: bool = False, dev_size: int = 10000,
+def load_dataset(name: str, data_dir: str = "", allow_download: bool = False, dev_size: int = -1,
                  train_limit: int = 0) -> Dataset:
-    """Train / dev / test: dev is the LAST ``dev_size`` training images, test the official t10k set.
-
+    """Train / dev / test: dev is the LAST ``dev_size`` training images (-1: the dataset's default,
+    a sixth of the training images for an ``idx:`` folder), test the t10k set.
     ``train_limit`` (> 0) keeps only the first that many training examples.
     """
     files = prepare_dataset(name, data_dir, allow_download)
     num_classes = DATASETS[name].num_classes if name in DATASETS else 10
     train_images, train_labels = _images_and_labels(files, "train", num_classes)
     test_images, test_labels = _images_and_labels(files, "test", num_classes)
+    if train_images.shape[1] != test_images.shape[1]:
+        raise DataError(f"{files['train_images']} holds images of {train_images.shape[1]} pixels but "
+                        f"{files['test_images']} of {test_images.shape[1]}: the two files are of different datasets")
     n = len(train_labels)
+    if dev_size < 0:
+        dev_size = DATASETS[name].dev_size if name in DATASETS else n // 6
     if not 0 <= dev_size < n:
         raise DataError(f"data.dev_size = {dev_size} must be in [0, {n}) for {name} ({n} training images)")
     n_train = n - dev_size

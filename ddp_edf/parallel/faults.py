@@ -119,13 +119,17 @@ def stop_signals(request_stop, signals=(signal.SIGTERM, signal.SIGUSR1)):
             signal.signal(signum, handler)
 
 
+class WatchdogFired(RuntimeError):
+    """No progress for longer than the timeout: the run ends with an error even if it then went on."""
+
+
 class Watchdog:
     """Abort the job when ``kick()`` has not been called for ``timeout_s`` seconds (0 = off) while
     inside ``with watchdog:`` (re-entrant: the outermost ``with`` starts and stops the watching)."""
 
     def __init__(self, comm, timeout_s: float, poll_s: float = 1.0, grace_s: float = 3.0):
         self.comm, self.timeout_s, self.poll_s, self.grace_s = comm, timeout_s, poll_s, grace_s
-        self.last_kick, self.what, self.depth = time.monotonic(), "start", 0
+        self.last_kick, self.what, self.depth, self.fired = time.monotonic(), "start", 0, None
         self._stop = threading.Event()
 
     def __enter__(self):
@@ -140,6 +144,8 @@ class Watchdog:
         self.depth -= 1
         if self.depth == 0:
             self._stop.set()
+            if self.fired and not exception[0]:
+                raise WatchdogFired(self.fired)
 
     def kick(self, what: str = ""):
         self.last_kick = time.monotonic()
@@ -155,11 +161,11 @@ class Watchdog:
 
     def _fire(self, idle: float):
         rank = self.comm.rank
-        sys.stderr.write(f"[rank {rank}] ddp_edf: watchdog: no progress for {idle:.0f} s (timeout "
-                         f"{self.timeout_s:g} s: dist.timeout_s, or the Trainer's timeout_s; last: {self.what}); "
-                         f"a rank is stuck or dead. Stacks of rank {rank}:\n")
+        self.fired = (f"watchdog: no progress for {idle:.0f} s (timeout {self.timeout_s:g} s: dist.timeout_s, "
+                      f"or the Trainer's timeout_s; last: {self.what}); a rank is stuck or dead")
+        sys.stderr.write(f"[rank {rank}] ddp_edf: {self.fired}. Stacks of rank {rank}:\n")
         sys.stderr.flush()
-        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)   # the process's own stderr
         sys.stderr.flush()
         time.sleep(self.grace_s)  # the other ranks' watchdogs fire about now: let them dump their stacks too
         self.comm.abort(EXIT_FAILURE)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import zipfile
 from pathlib import Path
@@ -25,9 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from ..parallel.data_parallel import broadcast_params, root_decides
+from .run_folder import checkpoints_in, check_resume_target, disk_error, move_newer_aside
 
 FORMAT_VERSION = 2
-NAME = re.compile(r"^step-(\d{8})\.npz$")
+META_TYPES = {"step": int, "seed": int, "world_size": int, "layout": list, "trajectory": dict}
 
 
 class CheckpointError(RuntimeError):
@@ -35,7 +35,8 @@ class CheckpointError(RuntimeError):
 
 
 def write_atomically(path, write):
-    """``write(handle)`` into a temporary file beside ``path``, fsync, rename: readers see the old file or the new."""
+    """``write(handle)`` into a temporary file beside ``path``, fsync, rename: readers see the old file
+    or the new, never a half-written one (a full disk included: then the old one stays)."""
     path = Path(path)
     temporary = path.parent / f".{path.name}.tmp-{os.getpid()}"
     try:
@@ -49,6 +50,8 @@ def write_atomically(path, write):
             os.fsync(directory)  # make the rename itself durable
         finally:
             os.close(directory)
+    except OSError as error:
+        raise disk_error(error, path) from None
     finally:
         if temporary.exists():
             temporary.unlink()
@@ -61,39 +64,70 @@ def save_checkpoint(out_dir, params: np.ndarray, optim_state: dict, meta: dict, 
     arrays = {"params": params, **{f"optim.{k}": np.asarray(v) for k, v in optim_state.items()},
               "meta": np.frombuffer(json.dumps({**meta, "format_version": FORMAT_VERSION}).encode(), np.uint8)}
     write_atomically(path, lambda handle: np.savez(handle, **arrays))
-    for old in sorted(p for p in folder.iterdir() if NAME.match(p.name))[:-keep]:
+    for _, old in checkpoints_in(out_dir)[:-keep]:
         old.unlink()
     return path
 
 
-def load_checkpoint(path) -> dict:
-    """{'params', 'optim' (dict), 'meta' (dict)}; CheckpointError naming the file if it is unusable."""
+def read_arrays(path, what: str) -> dict:
+    """The arrays of an .npz file, never unpickled; a CheckpointError naming the file otherwise."""
+    if Path(path).is_dir():
+        raise CheckpointError(f"{what} {path} is a folder: give a checkpoint file (OUT/checkpoints/step-N.npz), "
+                              f"or resume a run folder with --resume auto --out {path}")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-        meta = json.loads(arrays.pop("meta").tobytes().decode())
-        params = arrays.pop("params")
+        archive = np.load(path, allow_pickle=False)
+        if not hasattr(archive, "files"):
+            raise CheckpointError(f"{what} {path} is a single array (.npy), not an .npz of named arrays")
+        with archive:
+            return {name: archive[name] for name in archive.files}
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} not found") from None
+        raise CheckpointError(f"{what} {path} not found") from None
     except ValueError as error:
-        if "pickle" in str(error).lower():
-            raise CheckpointError(f"checkpoint {path} holds pickled objects; refused (never unpickled)") from None
-        raise CheckpointError(f"checkpoint {path} is corrupt ({error})") from None
-    except (OSError, KeyError, UnicodeDecodeError, EOFError, zipfile.BadZipFile) as error:
-        raise CheckpointError(f"checkpoint {path} is corrupt or incomplete ({type(error).__name__}: {error})") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {meta.get('format_version')}, "
-                              f"this ddp_edf reads {FORMAT_VERSION}")
+        if "pickle" in str(error).lower() and zipfile.is_zipfile(path):
+            raise CheckpointError(f"{what} {path} holds pickled objects; refused (never unpickled)") from None
+        raise CheckpointError(f"{what} {path} is corrupt or not an .npz file ({error})") from None
+    except (OSError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise CheckpointError(f"{what} {path} is corrupt or incomplete ({type(error).__name__}: {error})") from None
+
+
+def check_array(array, path, name: str, n: int | None = None):
+    """A flat array of finite floats (of n values, if given), or a CheckpointError naming what is wrong."""
+    if np.ndim(array) != 1 or np.asarray(array).dtype.kind != "f" or (n is not None and np.size(array) != n):
+        raise CheckpointError(f"{path}: '{name}' holds {np.shape(array)} {np.asarray(array).dtype} values; "
+                              f"expected {n if n is not None else 'a flat array of'} floats")
+    if not np.all(np.isfinite(array)):
+        raise CheckpointError(f"non-finite values in {path} ('{name}'): the run it comes from had diverged; "
+                              f"resume from an earlier checkpoint")
+
+
+def load_checkpoint(path) -> dict:
+    """{'params', 'optim' (dict), 'meta' (dict), 'path'}; CheckpointError naming the file if unusable."""
+    arrays = read_arrays(path, "checkpoint")
+    try:
+        meta = json.loads(arrays.pop("meta").tobytes().decode())
+    except (KeyError, ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"checkpoint {path} has no readable metadata ('meta'): not a ddp_edf checkpoint") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise CheckpointError(f"checkpoint {path} has format version {version}, this ddp_edf reads {FORMAT_VERSION}")
+    wrong = [k for k, kind in META_TYPES.items() if not isinstance(meta.get(k), kind) or isinstance(meta.get(k), bool)]
+    if wrong or meta["step"] < 0:
+        raise CheckpointError(f"checkpoint {path}: its metadata lacks or mistypes {wrong or ['step']}: corrupt")
+    if "params" not in arrays:
+        raise CheckpointError(f"checkpoint {path} holds no 'params': corrupt")
+    params = arrays.pop("params")
+    check_array(params, path, "params")
     optim = {name[len("optim."):]: value for name, value in arrays.items() if name.startswith("optim.")}
+    steps = optim.get("steps_taken")
+    if steps is None or np.shape(steps) != () or steps.dtype.kind not in "iu":
+        raise CheckpointError(f"checkpoint {path}: 'optim.steps_taken' is missing or not one integer: corrupt")
     return {"params": params, "optim": optim, "meta": meta, "path": str(path)}
 
 
 def latest_checkpoint(out_dir, warn=None):
     """The newest checkpoint in OUT that loads; corrupt ones are skipped with a warning naming them."""
     warn = warn or (lambda message: print(message, file=sys.stderr))
-    folder = Path(out_dir) / "checkpoints"
-    candidates = sorted((p for p in folder.iterdir() if NAME.match(p.name)), reverse=True) if folder.is_dir() else []
-    for path in candidates:
+    for _, path in reversed(checkpoints_in(out_dir)):
         try:
             return load_checkpoint(path)
         except CheckpointError as error:
@@ -103,16 +137,21 @@ def latest_checkpoint(out_dir, warn=None):
 
 def read_resume_point(resume: str, out_dir, graph, state_names, trajectory: dict, warn=None):
     """The checkpoint ``resume`` names ("auto": the newest valid one in OUT) and its small facts for
-    every rank; (None, None) when "auto" finds none."""
+    every rank; (None, None) when "auto" finds none.  Resuming from an older checkpoint of OUT moves
+    the newer ones aside: the newest checkpoint is then always the resumed run's own."""
     if resume == "auto":
         checkpoint = latest_checkpoint(out_dir, warn) if out_dir else None
     else:
+        if out_dir:
+            check_resume_target(resume, out_dir)
         checkpoint = load_checkpoint(resume)
     if checkpoint is None:
         return None, None
     check_resumable(checkpoint, graph, state_names, trajectory)
     facts = {k: checkpoint["meta"][k] for k in ("step", "seed", "world_size")}
-    return checkpoint, {**facts, "path": checkpoint["path"], "steps_taken": int(checkpoint["optim"]["steps_taken"])}
+    moved = move_newer_aside(out_dir, facts["step"]) if out_dir else None
+    return checkpoint, {**facts, "path": checkpoint["path"], "moved": moved,
+                        "steps_taken": int(checkpoint["optim"]["steps_taken"])}
 
 
 def check_resumable(checkpoint: dict, graph, state_names, trajectory: dict):
@@ -126,36 +165,25 @@ def check_resumable(checkpoint: dict, graph, state_names, trajectory: dict):
         if saved.get(key) != value:
             raise CheckpointError(f"checkpoint {path} was made with {key} = {saved.get(key)!r}, this run has "
                                   f"{value!r}: resume with the same value, or start a new run in another folder")
-    for name in (*state_names, "steps_taken"):
+    for name in state_names:
         if name not in checkpoint["optim"]:
             raise CheckpointError(f"checkpoint {path} lacks the optimizer state '{name}' this run's optimizer needs")
     for name, array in [("params", checkpoint["params"])] + [(name, checkpoint["optim"][name]) for name in state_names]:
-        if np.shape(array) != (n,):
-            raise CheckpointError(f"checkpoint {path}: '{name}' has shape {np.shape(array)}, the model needs ({n},)")
+        check_array(array, path, name, n)
 
 
 def load_parameters(path) -> dict:
     """Parameters from an .npz keyed by parameter name (model.npz, or --init), never unpickled."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found") from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
-        raise CheckpointError(f"{path}: not a readable .npz of arrays ({error})") from None
+    arrays = read_arrays(path, "parameter file")
+    for name, array in arrays.items():
+        if array.dtype.kind not in "fiu" or not np.all(np.isfinite(array)):
+            raise CheckpointError(f"{path}: '{name}' is not finite numbers ({array.dtype}): refused")
+    return arrays
 
 
 def save_parameters(path, state: dict):
     """An .npz keyed by parameter name (model.npz), written atomically (never half-written)."""
     write_atomically(path, lambda handle: np.savez(handle, **state))
-
-
-def check_fresh(out_dir):
-    """Refuse to start a new run in a folder that already holds one (nothing saved is overwritten)."""
-    if (Path(out_dir) / "metrics.jsonl").exists():
-        raise CheckpointError(f"{out_dir} already holds a run (metrics.jsonl): choose another output folder "
-                              f"(--out, out=) so nothing saved there is overwritten, or continue that run "
-                              f"(--resume auto, resume=\"auto\")")
 
 
 class Checkpoints:

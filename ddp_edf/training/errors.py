@@ -1,4 +1,7 @@
-"""How a training run ends other than by finishing: an error that names its cause, or preemption."""
+"""How a training run ends other than by finishing: an error that names its cause, or preemption;
+and the checks that refuse bad options before any work."""
+
+import numpy as np
 
 EXIT_PREEMPTED = 75   # EX_TEMPFAIL: "try again" (continue with resume="auto")
 
@@ -28,7 +31,25 @@ def check_options(**options):
     for name, value in options.items():
         if name in MINIMUM and (not isinstance(value, int) or isinstance(value, bool) or value < MINIMUM[name]):
             raise ValueError(f"option {name} = {value!r} must be an integer >= {MINIMUM[name]}")
-    if "timeout_s" in options and not (isinstance(options["timeout_s"], (int, float)) and options["timeout_s"] >= 0):
-        raise ValueError(f"option timeout_s = {options['timeout_s']!r} must be a number of seconds >= 0 (0 = off)")
-    if "nonfinite" in options and options["nonfinite"] not in ("stop", "skip"):
+    timeout = options.get("timeout_s", 0)
+    if not (isinstance(timeout, (int, float)) and (timeout == 0 or timeout >= 1)):
+        raise ValueError(f"option timeout_s = {timeout!r} must be 0 (off) or at least 1 second")
+    if options.get("nonfinite", "stop") not in ("stop", "skip"):
         raise ValueError(f"option nonfinite = {options['nonfinite']!r} must be 'stop' or 'skip'")
+    if not 0 <= options.get("max_skipped", 0) < 1:
+        raise ValueError(f"option max_skipped = {options['max_skipped']!r} must be a fraction in [0, 1)")
+    schedule, lr = options.get("schedule", (None, 0))
+    if schedule is not None and schedule.kind == "cosine" and schedule.min_lr > lr:
+        raise ValueError(f"a cosine schedule from lr = {lr} down to min_lr = {schedule.min_lr} would climb: "
+                         f"give min_lr <= lr")
+
+
+def check_skipped(skipped: int, steps: int, limit: float, final: bool, params=None):
+    """Fail a run that skipped more than ``limit`` of its steps for a non-finite loss (judged from the
+    10th step on, and at the end), or that ends with non-finite parameters."""
+    if skipped > limit * steps and (final or steps >= 10):
+        raise TrainingError(f"{skipped} of {steps} steps had a non-finite loss and were skipped (more than "
+                            f"{limit:.0%}): lower the learning rate or add warm-up steps")
+    if params is not None and not np.all(np.isfinite(params)):
+        raise TrainingError("the parameters are not finite at the end of the run (nothing of it saved): lower the "
+                            "learning rate or add warm-up steps")

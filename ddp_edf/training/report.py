@@ -11,6 +11,8 @@ import os
 import sys
 import time
 
+from .run_folder import disk_error
+
 
 class Reporter:
     def __init__(self, out_dir=None, enabled: bool = True, echo: bool = True):
@@ -18,9 +20,22 @@ class Reporter:
         self.start = time.perf_counter()
         self._bar = self._log = self._metrics = None
         if enabled and out_dir:
-            os.makedirs(out_dir, exist_ok=True)
-            self._log = open(os.path.join(out_dir, "train.log"), "a", buffering=1)
-            self._metrics = open(os.path.join(out_dir, "metrics.jsonl"), "a", buffering=1)
+            self._log = self._open(os.path.join(out_dir, "train.log"))
+            self._metrics = self._open(os.path.join(out_dir, "metrics.jsonl"))
+
+    @staticmethod
+    def _open(path):
+        try:
+            return open(path, "a", buffering=1)
+        except OSError as error:
+            raise disk_error(error, path) from None
+
+    @staticmethod
+    def _write(handle, line: str):
+        try:
+            handle.write(line + "\n")
+        except OSError as error:     # a full disk: say so; what was written before stays
+            raise disk_error(error, handle.name) from None
 
     def start_progress(self, total_steps: int, done: int = 0):
         """A tqdm progress bar over the run's steps, when stderr is a terminal and tqdm is installed."""
@@ -44,14 +59,14 @@ class Reporter:
         elif self.echo:
             print(line, flush=True)
         if self._log:
-            self._log.write(line + "\n")
+            self._write(self._log, line)
 
     def record(self, step: int, epoch: int, split: str, figures: dict, **extra):
         """One line of metrics.jsonl: where in the run, the split's figures (loss, error), extras."""
         if self._metrics:
             figures = {k: v for k, v in figures.items() if k != "examples"}
-            self._metrics.write(json.dumps({"step": step, "epoch": epoch, "split": split,
-                                            "elapsed_s": self.elapsed(), **figures, **extra}) + "\n")
+            self._write(self._metrics, json.dumps({"step": step, "epoch": epoch, "split": split,
+                                                   "elapsed_s": self.elapsed(), **figures, **extra}))
 
     def advance(self, steps: int = 1):
         if self._bar is not None:

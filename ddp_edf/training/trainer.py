@@ -29,14 +29,15 @@ from ..data import as_split, epoch_permutation, shard_bounds, steps_per_epoch
 from ..data.sampler import batch_indices
 from ..engine.graph import Graph, Input
 from ..engine.optim import Schedule
-from ..parallel.data_parallel import broadcast_params, check_agreement, check_in_sync, root_decides
+from ..parallel.data_parallel import broadcast_params, check_agreement, check_in_sync
 from ..parallel.comm import make_comm
 from ..parallel.faults import Watchdog, abort_on_uncaught_exception, stop_signals
 from ..parallel.threads import configure_blas_threads
-from .checkpoint import Checkpoints, check_fresh, save_parameters
-from .errors import EXIT_PREEMPTED, Preempted, TrainingError, check_options
+from .checkpoint import Checkpoints, save_parameters
+from .errors import EXIT_PREEMPTED, Preempted, TrainingError, check_options, check_skipped
 from .evaluation import Totals, evaluate, feed
 from .report import Reporter, describe
+from .run_folder import RunFolder
 
 
 class Trainer:
@@ -49,11 +50,12 @@ class Trainer:
                  test=None, schedule: Schedule = Schedule(), micro_batches: int = 1, drop_last: bool = False,
                  seed: int = -1, out: str | None = None, checkpoint_every: int = 0, keep_checkpoints: int = 3,
                  log_every: int = 100, eval_every: int = 0, eval_batch: int = 1000, check_every: int = 1000,
-                 timeout_s: float = 300.0, nonfinite: str = "stop", comm=None, echo: bool = True,
-                 trajectory: dict | None = None, run_config: dict | None = None):
+                 timeout_s: float = 300.0, nonfinite: str = "stop", max_skipped: float = 0.1, comm=None,
+                 echo: bool = True, trajectory: dict | None = None, run_config: dict | None = None):
         check_options(global_batch=global_batch, micro_batches=micro_batches, eval_batch=eval_batch, seed=seed,
                       keep_checkpoints=keep_checkpoints, checkpoint_every=checkpoint_every, log_every=log_every,
-                      eval_every=eval_every, check_every=check_every, timeout_s=timeout_s, nonfinite=nonfinite)
+                      eval_every=eval_every, check_every=check_every, timeout_s=timeout_s, nonfinite=nonfinite,
+                      max_skipped=max_skipped, schedule=(schedule, optimizer.lr))
         self.comm = comm if hasattr(comm, "allreduce") else make_comm(comm or "auto")   # or "mpi", "serial"
         abort_on_uncaught_exception(self.comm)      # DDP: a rank that fails ends the job, never a hang
         self.threads_note = configure_blas_threads(self.comm.local_size)
@@ -65,9 +67,11 @@ class Trainer:
         self.train, self.dev, self.test = (as_split(split, name, len(self.inputs), self.graph.dtype)
                                            for split, name in ((train, "train"), (dev, "dev"), (test, "test")))
         self.optimizer, self.schedule, self.global_batch = optimizer, schedule, global_batch
-        self.micro_batches, self.nonfinite, self.out, self.echo = micro_batches, nonfinite, out, echo
+        self.micro_batches, self.nonfinite, self.max_skipped = micro_batches, nonfinite, max_skipped
+        self.out, self.echo = out, echo
         self.every = {"checkpoint": checkpoint_every, "log": log_every, "eval": eval_every, "check": check_every}
         self.eval_batch, self.checkpoints = eval_batch, Checkpoints(out, keep_checkpoints, self.comm)
+        self.folder, self.seed_given = RunFolder(out, self.comm), seed >= 0
         self.steps_per_epoch = steps_per_epoch(len(self.train), global_batch, drop_last)
         if self.steps_per_epoch == 0:
             raise TrainingError(f"global_batch = {global_batch} exceeds the {len(self.train)} training examples "
@@ -76,7 +80,7 @@ class Trainer:
                            "train_examples": len(self.train), "optimizer": type(optimizer).__name__,
                            "optimizer_state": list(optimizer.state_names)}
         self.run_config = run_config
-        check_agreement(self.comm, {**self.trajectory, "parameters": self.graph.layout()})  # DDP: same setup
+        check_agreement(self.comm, {**self.trajectory, "parameters": self.graph.layout(), "run": run_config})  # DDP
         broadcast_params(self.comm, self.graph.params)   # DDP: every rank starts from rank 0's parameters
         self.seed = self.comm.broadcast_obj(secrets.randbits(31) if seed < 0 else seed)   # DDP: rank 0's seed
         self.step = self.skipped_steps = self.total_steps = 0
@@ -128,15 +132,14 @@ class Trainer:
         self.total_steps = min(epochs * self.steps_per_epoch, max_steps or math.inf)
         self.stop_requested = self.stop_agreed = False
         self.totals = Totals()
-        if not resume and self.out and self.step == 0:
-            root_decides(self.comm, lambda: check_fresh(self.out))
-        self.reporter = Reporter(self.out, enabled=self.comm.is_root, echo=self.echo)
-        try:
-            with self.watchdog, stop_signals(self._request_stop):
-                self._log_start(self._resume(resume) if resume else "")
-                return self._finish(self._loop())
-        finally:
-            self.reporter.close()
+        with self.folder.claimed(fresh=not resume and self.step == 0) as note:   # rank 0 locks OUT
+            self.reporter = Reporter(self.out, enabled=self.comm.is_root, echo=self.echo)
+            try:
+                with self.watchdog, stop_signals(self._request_stop):
+                    self._log_start([note, self._resume(resume) if resume else ""])
+                    return self._finish(self._loop())
+            finally:
+                self.reporter.close()
 
     def _request_stop(self):   # SIGTERM/SIGUSR1: acted on at the end of the step, by every rank together
         self.stop_requested = True
@@ -180,9 +183,11 @@ class Trainer:
         self.skipped_steps += 1
         self.reporter.log(f"step {self.step}: non-finite loss, step skipped on every rank "
                           f"({self.skipped_steps} so far)")
+        check_skipped(self.skipped_steps, self.step, self.max_skipped, final=False)
 
     def _finish(self, last: dict) -> dict:
         check_in_sync(self.comm, self.graph.params, self.graph.segments(), self.step)  # DDP: agree at the end
+        check_skipped(self.skipped_steps, self.step, self.max_skipped, final=True, params=self.graph.params)
         self.save_checkpoint()
         result = {"step": self.step, "seed": self.seed, "last": last}
         if self.test is not None:
@@ -214,9 +219,9 @@ class Trainer:
         self.reporter.log(f"{line}  {rate:,.0f} samples/s")
         return figures
 
-    def _log_start(self, note: str):
+    def _log_start(self, notes: list):
         c, g, log = self.comm, self.graph, self.reporter.log
-        if note:
+        for note in filter(None, notes):
             log(note)
         log(f"data: train {len(self.train)}, dev {len(self.dev) if self.dev else 0}, test "
             f"{len(self.test) if self.test else 0} ({getattr(self.train, 'source', type(self.train).__name__)})")
@@ -246,5 +251,9 @@ class Trainer:
         facts = self.checkpoints.restore(resume, self.graph, self.optimizer, self.trajectory, warn=self.reporter.log)
         if facts is None:
             return "no checkpoint to resume from: a fresh start"
+        notes = [f"resumed from {facts['path']} at step {facts['step']} (saved by {facts['world_size']} ranks)",
+                 facts["moved"]]
+        if self.seed_given and self.seed != facts["seed"]:
+            notes.append(f"seed {self.seed} not used: the checkpoint's seed {facts['seed']} continues its data order")
         self.step, self.seed = facts["step"], facts["seed"]
-        return f"resumed from {facts['path']} at step {self.step} (saved by {facts['world_size']} ranks)"
+        return "; ".join(filter(None, notes))
