@@ -15,13 +15,16 @@ from .engine.models import Model, build_model, lecture_mlp, logistic_regression,
 from .engine.ops import Add, Affine, ErrorRate, LogLoss, Relu, Sigmoid, Softmax, SoftmaxCrossEntropy, Tanh
 from .engine.optim import SGD, Adam, Schedule
 from .parallel.faults import communicator
+from .training.checkpoint import CheckpointError
 from .training.errors import Preempted, TrainingError
+from .training.run_folder import RunFolderError
 from .training.trainer import Trainer
 
 __version__ = "0.2.0"
 
 __all__ = [
-    "Adam", "Add", "Affine", "CompNode", "ErrorRate", "Graph", "Input", "LogLoss", "Model", "Parameter",
-    "Preempted", "Relu", "SGD", "Schedule", "ShapeError", "Sigmoid", "Softmax", "SoftmaxCrossEntropy", "Tanh",
-    "Trainer", "TrainingError", "build_model", "communicator", "gradcheck", "lecture_mlp", "logistic_regression", "mlp",
+    "Adam", "Add", "Affine", "CheckpointError", "CompNode", "ErrorRate", "Graph", "Input", "LogLoss", "Model",
+    "Parameter", "Preempted", "Relu", "RunFolderError", "SGD", "Schedule", "ShapeError", "Sigmoid", "Softmax",
+    "SoftmaxCrossEntropy", "Tanh", "Trainer", "TrainingError", "build_model", "communicator", "gradcheck",
+    "lecture_mlp", "logistic_regression", "mlp",
 ]

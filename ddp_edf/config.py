@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import difflib
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ class DataConfig:
     dataset: str = "digits"       # digits (built in) | mnist | fashion-mnist | idx:<folder with the four IDX files>
     dir: str = ""                 # the folder holding the dataset's files (mnist, fashion-mnist; else searched)
     download: bool = True         # fetch mnist / fashion-mnist into the cache when not found
-    dev_size: int = -1            # dev = the last dev_size training images (-1: the dataset's own; 0: none)
+    dev_size: int = -1            # dev = the last N training images (-1: 300 digits, 10000 (fashion-)mnist, 1/6 idx:)
     train_limit: int = 0          # keep only the first N training examples (0 = all)
 
 
@@ -111,35 +112,24 @@ CHOICES = {
     "optim.schedule": ("constant", "step", "cosine"),
     "dist.nonfinite": ("stop", "skip"),
 }
-# key -> (test, what is allowed)
+# key -> the least value allowed, for the numbers a minimum describes
+AT_LEAST = {"data.dev_size": -1, "data.train_limit": 0, "optim.weight_decay": 0, "optim.warmup_steps": 0,
+            "optim.step_size": 0, "optim.min_lr": 0, "train.global_batch": 1, "train.epochs": 1, "train.max_steps": 0,
+            "train.seed": -1, "train.micro_batches": 1, "eval.every": 0, "eval.batch": 1, "log.every": 1,
+            "dist.check_every": 0, "checkpoint.every_steps": 0, "checkpoint.keep": 1}
+# key -> (test, what is allowed), for the others
 RANGES = {
-    "data.dev_size": (lambda v: v >= -1, ">= 0, or -1 for the dataset's own"),
-    "data.train_limit": (lambda v: v >= 0, ">= 0 (0 = all)"),
     "model.hidden": (lambda v: all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= 1_000_000 for w in v),
                      "a list of integer widths in [1, 1000000]"),
     "optim.lr": (lambda v: v > 0, "> 0"),
     "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
-    "optim.warmup_steps": (lambda v: v >= 0, ">= 0"),
-    "optim.step_size": (lambda v: v >= 0, ">= 0"),
     "optim.gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "optim.min_lr": (lambda v: v >= 0, ">= 0"),
     "optim.beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "optim.beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "optim.eps": (lambda v: v > 0, "> 0"),
-    "train.global_batch": (lambda v: v >= 1, ">= 1"),
-    "train.epochs": (lambda v: v >= 1, ">= 1"),
-    "train.max_steps": (lambda v: v >= 0, ">= 0 (0 = no cap)"),
-    "train.seed": (lambda v: v >= -1, ">= 0, or -1 to draw one"),
-    "train.micro_batches": (lambda v: v >= 1, ">= 1"),
-    "eval.every": (lambda v: v >= 0, ">= 0 (0 = every epoch)"),
-    "eval.batch": (lambda v: v >= 1, ">= 1"),
-    "log.every": (lambda v: v >= 1, ">= 1"),
-    "dist.check_every": (lambda v: v >= 0, ">= 0"),
     "dist.timeout_s": (lambda v: v == 0 or v >= 1, "0 (off) or at least 1 second"),
     "dist.max_skipped": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
-    "checkpoint.every_steps": (lambda v: v >= 0, ">= 0 (0 = only at the end)"),
-    "checkpoint.keep": (lambda v: v >= 1, ">= 1"),
+    **{key: ((lambda low: lambda v: v >= low)(low), f">= {low}") for key, low in AT_LEAST.items()},
 }
 
 
@@ -162,7 +152,9 @@ def _suggest(key: str) -> str:
 
 def _coerce(key: str, value, expected):
     """value as the field's type, or ConfigError.  int -> float is allowed, bool -> int is not."""
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+    if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} = {value!r} must be a finite number")
         return float(value)
     if expected is list:
         if isinstance(value, list):
@@ -171,7 +163,9 @@ def _coerce(key: str, value, expected):
             return [value]
     elif isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
         return value
-    raise ConfigError(f"{key} = {value!r} has the wrong type: expected {expected.__name__}")
+    shown = str(value) if isinstance(value, (datetime.date, datetime.time)) else repr(value)
+    hint = f' (text: quote it, {key.split(".")[1]} = "{value}")' if expected is str else ""
+    raise ConfigError(f"{key} = {shown} has the wrong type: expected {expected.__name__}{hint}")
 
 
 def apply(config: Config, key: str, value):
@@ -261,6 +255,9 @@ def validate(config: Config):
                           f"must hold one width")
     if not config.data.dataset:
         raise ConfigError("data.dataset is empty: use digits, mnist, fashion-mnist or idx:<folder>")
+    if config.data.dataset.startswith("idx:") and config.data.dir:
+        raise ConfigError(f"data.dir = {config.data.dir!r} is not used with data.dataset = {config.data.dataset!r}, "
+                          f"which names its folder itself: drop data.dir")
 
 
 def get(config: Config, key: str):

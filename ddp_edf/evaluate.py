@@ -18,7 +18,7 @@ from .data import DataError
 from .parallel.data_parallel import OutOfSyncError, broadcast_params, root_decides
 from .parallel.faults import launch
 from .train import build_trainer
-from .training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from .training.checkpoint import CheckpointError, check_array, latest_checkpoint, load_checkpoint
 
 EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, OutOfSyncError)
 COLLECTIVE_ERRORS = (ConfigError, CheckpointError, OutOfSyncError)
@@ -70,8 +70,10 @@ def run(args, comm) -> int:
     graph = trainer.graph
 
     def load():
-        if saved["layout"] != graph.layout() or checkpoint["params"].shape != graph.params.shape:
-            raise CheckpointError(f"checkpoint {checkpoint['path']}: its parameters do not fit the model of its config")
+        if saved["layout"] != graph.layout():
+            raise CheckpointError(f"checkpoint {checkpoint['path']}: its parameters {saved['layout']} do not fit the "
+                                  f"model of its config {graph.layout()}")
+        check_array(checkpoint["params"], checkpoint["path"], "params", graph.num_params)
         graph.params[...] = checkpoint["params"]
     root_decides(comm, load)
     broadcast_params(comm, graph.params)  # DDP: every rank evaluates rank 0's parameters

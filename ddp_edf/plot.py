@@ -17,9 +17,6 @@ class PlotError(RuntimeError):
     pass
 
 
-FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
-
-
 def read_metrics(out_dir) -> dict:
     """{split: [(step, record), ...]} sorted by step; a step logged twice (a resumed run) keeps its last record."""
     path = Path(out_dir) / "metrics.jsonl"
@@ -85,14 +82,20 @@ def draw(metrics: dict, title: str, output: Path):
         axis.set_xlabel("step (dotted: end of an epoch)" if len(epoch_ends) > 1 else "step")
         axis.set_ylabel(ylabel)
         axis.grid(alpha=0.3)
-        axis.legend(frameon=False)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(frameon=False)
         values = [r[key] for split in ("train", "dev", "test") for _, r in metrics.get(split, []) if key in r]
         if values and min(values) > 0 and max(values) / min(values) > 20:
             axis.set_yscale("log")  # early losses would flatten the end of training, where the interest is
     epochs = max(epoch_ends) + 1
     figure.suptitle(f"{title}  ({epochs} epoch{'s' * (epochs > 1)})", fontsize=11)
-    figure.savefig(output, dpi=130)
-    plt.close(figure)
+    try:
+        figure.savefig(output, dpi=130)
+    except ValueError as error:        # an image type matplotlib does not write
+        raise PlotError(f"--output {output}: {error}; end the name with one of "
+                        f".{', .'.join(sorted(figure.canvas.get_supported_filetypes()))}") from None
+    finally:
+        plt.close(figure)
 
 
 def describe_run(out_dir) -> str:
@@ -120,8 +123,6 @@ def main(argv=None) -> int:
     output = Path(args.output or Path(args.out) / "curves.png")
     try:
         metrics = read_metrics(args.out)
-        if output.suffix.lower() not in FORMATS:
-            raise PlotError(f"--output {output}: unknown image type; end the name with one of {', '.join(FORMATS)}")
         if not output.parent.is_dir():
             raise PlotError(f"--output {output}: the folder {output.parent} does not exist: create it first")
         draw(metrics, describe_run(args.out), output)

@@ -17,7 +17,7 @@ from .config import ConfigError, describe_keys, load_config, to_dict, to_toml
 from .data import DataError, load_dataset, prepare_dataset
 from .engine.models import build_model
 from .engine.optim import SGD, Adam, Schedule
-from .parallel.data_parallel import OutOfSyncError
+from .parallel.data_parallel import OutOfSyncError, check_agreement
 from .parallel.faults import WatchdogFired, launch
 from .training.checkpoint import CheckpointError, write_atomically
 from .training.errors import EXIT_PREEMPTED, Preempted, TrainingError
@@ -85,7 +85,7 @@ def build_trainer(config, comm, out=None, echo=True) -> Trainer:
             check_every=config.dist.check_every, timeout_s=config.dist.timeout_s, nonfinite=config.dist.nonfinite,
             max_skipped=config.dist.max_skipped, comm=comm, echo=echo, run_config=to_dict(config),
             trajectory={"model": to_dict(config)["model"], "data.dataset": data.dataset,
-                        "data.dev_size": data.dev_size, "data.train_limit": data.train_limit})
+                        "data.dev_size": len(dataset.dev), "data.train_limit": data.train_limit})
     except MemoryError:
         raise ConfigError(f"not enough memory for the model (model.hidden = {m.hidden} on {dataset.num_features} "
                           f"inputs): give smaller widths") from None
@@ -101,6 +101,9 @@ def write_config(out, config, seed, comm):
 
 def run(args, comm) -> int:
     config = load_config(args.config, args.set)
+    check_agreement(comm, {"--init": args.init, "--resume": args.resume, "--out": args.out,   # DDP: one command
+                           **{f"{section}.{key}": value for section, values in to_dict(config).items()
+                              for key, value in values.items()}})
     out = choose_out_dir(args.out, args.config, comm)
     trainer = build_trainer(config, comm, out)
     if args.init:

@@ -247,3 +247,16 @@ def test_skip_leaves_the_parameters_of_a_bad_batch_alone_and_stops_when_it_is_mo
     whole.train.bad = set(range(1, 29))                   # every batch bad: the run fails, naming the count
     with pytest.raises(TrainingError, match="10 of 10 steps had a non-finite loss"):
         whole.fit(epochs=4)
+
+
+def test_the_skip_count_goes_on_across_a_resume(tmp_path):
+    """A run that skipped most steps cannot hide it by resuming: the count of skipped steps is checkpointed."""
+    X, Y = toy_problem()
+    first = toy_trainer(out=str(tmp_path / "run"), train=NaNAt(set(range(2, 100)), X[:200], Y[:200]),
+                        nonfinite="skip", max_skipped=0.9, checkpoint_every=5)
+    first.fit(epochs=4, max_steps=5)
+    assert first.skipped_steps == 4
+    again = toy_trainer(out=str(tmp_path / "run"), train=NaNAt(set(), X[:200], Y[:200]), nonfinite="skip",
+                        max_skipped=0.3)                  # the data is fine now: 4 of 10 skipped is still too many
+    with pytest.raises(TrainingError, match="4 of 10 steps had a non-finite loss"):
+        again.fit(epochs=4, max_steps=10, resume="auto")

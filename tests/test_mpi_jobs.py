@@ -175,14 +175,18 @@ def test_a_script_failing_on_one_rank_or_with_other_data_ends_the_job(tmp_path, 
     assert expected in result.stderr, result.stderr[-3000:]
 
 
-def test_ranks_given_different_options_stop_with_one_clear_line(job_args, tmp_path):
+@pytest.mark.parametrize("rank0,rank1,expected", [
+    (["--set", "train.max_steps=5"], ["--set", "train.max_steps=6"], "rank 1 has train.max_steps = 6 where rank 0 has 5"),
+    (["--init", "INIT"], [], "rank 1 has --init = None where rank 0 has")])
+def test_ranks_given_different_options_stop_with_one_clear_line(job_args, tmp_path, rank0, rank1, expected):
     """mpiexec's MPMD form gives each rank its own command line: the ranks compare their setup first."""
+    np.savez(tmp_path / "init.npz", x=np.ones(1))
+    rank0 = [str(tmp_path / "init.npz") if a == "INIT" else a for a in rank0]
     command = [sys.executable, "-m", "ddp_edf.train", "--out", str(tmp_path / "r"), *job_args]
-    result = subprocess.run([MPIEXEC, "-n", "1", *command, "--set", "train.max_steps=5", ":",
-                             "-n", "1", *command, "--set", "train.max_steps=6"], capture_output=True, text=True,
-                            cwd=ROOT, timeout=60, env=clean_env())
+    result = subprocess.run([MPIEXEC, "-n", "1", *command, *rank0, ":", "-n", "1", *command, *rank1],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60, env=clean_env())
     assert result.returncode != 0
-    assert "rank 1 has run = " in result.stderr and "where rank 0 has" in result.stderr, result.stderr[-3000:]
+    assert expected in result.stderr, result.stderr[-3000:]
     assert "Message truncated" not in result.stderr and "Traceback" not in result.stderr
 
 

@@ -113,10 +113,12 @@ def locate(name: str, data_dir: str = "", allow_download: bool = True, progress=
             return files
     wanted = ", ".join(FILE_NAMES[r] + "[.gz]" for r in ROLES)
     looked = "; ".join(str(d) for d in dirs)
-    if name.startswith("idx:") or data_dir or DATASETS[name].folder:
+    if name.startswith("idx:") or data_dir:
         raise DataError(f"{dirs[0]} does not hold the four IDX files of {name} ({wanted}): put them there, "
                         f"or name the folder that holds them" + ("" if name.startswith("idx:") else
                                                                " (data.dir), or unset data.dir to search"))
+    if DATASETS[name].folder:
+        raise DataError(f"the built-in {name} files are missing from {dirs[0]}: reinstall ddp_edf")
     if not allow_download:
         raise DataError(f"{name} not found (looked in: {looked}); put {wanted} in one of these folders, "
                         f"set data.dir, or allow data.download (or run 'python -m ddp_edf.data download {name}' "

@@ -134,6 +134,8 @@ class Watchdog:
 
     def __enter__(self):
         self.depth += 1
+        if self.depth == 1:
+            self.fired = None
         if self.depth == 1 and self.timeout_s > 0:
             self.kick("start")
             self._stop.clear()

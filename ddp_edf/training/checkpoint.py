@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..parallel.data_parallel import broadcast_params, root_decides
-from .run_folder import checkpoints_in, check_resume_target, disk_error, move_newer_aside
+from .run_folder import RunFolderError, check_resume_target, checkpoints_in, disk_error, move_newer_aside, what_run
 
 FORMAT_VERSION = 2
 META_TYPES = {"step": int, "seed": int, "world_size": int, "layout": list, "trajectory": dict}
@@ -72,8 +72,9 @@ def save_checkpoint(out_dir, params: np.ndarray, optim_state: dict, meta: dict, 
 def read_arrays(path, what: str) -> dict:
     """The arrays of an .npz file, never unpickled; a CheckpointError naming the file otherwise."""
     if Path(path).is_dir():
-        raise CheckpointError(f"{what} {path} is a folder: give a checkpoint file (OUT/checkpoints/step-N.npz), "
-                              f"or resume a run folder with --resume auto --out {path}")
+        hint = (f"give a checkpoint file ({path}/checkpoints/step-N.npz), or continue that run in place "
+                f"(--resume auto --out {path}, resume=\"auto\")" if what == "checkpoint" else f"give {path}/model.npz")
+        raise CheckpointError(f"{what} {path} is a folder: {hint}")
     try:
         archive = np.load(path, allow_pickle=False)
         if not hasattr(archive, "files"):
@@ -85,7 +86,7 @@ def read_arrays(path, what: str) -> dict:
     except ValueError as error:
         if "pickle" in str(error).lower() and zipfile.is_zipfile(path):
             raise CheckpointError(f"{what} {path} holds pickled objects; refused (never unpickled)") from None
-        raise CheckpointError(f"{what} {path} is corrupt or not an .npz file ({error})") from None
+        raise CheckpointError(f"{what} {path} is corrupt or not an .npz file (not a zip archive of arrays)") from None
     except (OSError, KeyError, EOFError, zipfile.BadZipFile) as error:
         raise CheckpointError(f"{what} {path} is corrupt or incomplete ({type(error).__name__}: {error})") from None
 
@@ -107,9 +108,11 @@ def load_checkpoint(path) -> dict:
         meta = json.loads(arrays.pop("meta").tobytes().decode())
     except (KeyError, ValueError, UnicodeDecodeError):
         raise CheckpointError(f"checkpoint {path} has no readable metadata ('meta'): not a ddp_edf checkpoint") from None
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-        version = meta.get("format_version") if isinstance(meta, dict) else None
-        raise CheckpointError(f"checkpoint {path} has format version {version}, this ddp_edf reads {FORMAT_VERSION}")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path} has corrupt metadata (not a JSON object): not a ddp_edf checkpoint")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {meta.get('format_version')}, this ddp_edf "
+                              f"reads {FORMAT_VERSION}")
     wrong = [k for k, kind in META_TYPES.items() if not isinstance(meta.get(k), kind) or isinstance(meta.get(k), bool)]
     if wrong or meta["step"] < 0:
         raise CheckpointError(f"checkpoint {path}: its metadata lacks or mistypes {wrong or ['step']}: corrupt")
@@ -141,14 +144,18 @@ def read_resume_point(resume: str, out_dir, graph, state_names, trajectory: dict
     the newer ones aside: the newest checkpoint is then always the resumed run's own."""
     if resume == "auto":
         checkpoint = latest_checkpoint(out_dir, warn) if out_dir else None
+        if checkpoint is None and out_dir and what_run(out_dir):
+            raise RunFolderError(f"{out_dir} holds a run ({what_run(out_dir)}) but no checkpoint that can be resumed: "
+                                 f"starting afresh there would overwrite it; choose another output folder")
     else:
+        checkpoint = load_checkpoint(resume)
         if out_dir:
             check_resume_target(resume, out_dir)
-        checkpoint = load_checkpoint(resume)
     if checkpoint is None:
         return None, None
     check_resumable(checkpoint, graph, state_names, trajectory)
     facts = {k: checkpoint["meta"][k] for k in ("step", "seed", "world_size")}
+    facts["skipped_steps"] = int(checkpoint["meta"].get("skipped_steps", 0))
     moved = move_newer_aside(out_dir, facts["step"]) if out_dir else None
     return checkpoint, {**facts, "path": checkpoint["path"], "moved": moved,
                         "steps_taken": int(checkpoint["optim"]["steps_taken"])}

@@ -51,5 +51,5 @@ def check_skipped(skipped: int, steps: int, limit: float, final: bool, params=No
         raise TrainingError(f"{skipped} of {steps} steps had a non-finite loss and were skipped (more than "
                             f"{limit:.0%}): lower the learning rate or add warm-up steps")
     if params is not None and not np.all(np.isfinite(params)):
-        raise TrainingError("the parameters are not finite at the end of the run (nothing of it saved): lower the "
-                            "learning rate or add warm-up steps")
+        raise TrainingError(f"the parameters are not finite at step {steps} (not saved; the earlier checkpoints "
+                            f"are): lower the learning rate or add warm-up steps")

@@ -78,7 +78,10 @@ class Reporter:
             self._bar = None
         for handle in (self._log, self._metrics):
             if handle:
-                handle.close()
+                try:
+                    handle.close()
+                except OSError:   # what a full disk left in the buffer: the write already raised the error
+                    pass
         self._log = self._metrics = None
 
 

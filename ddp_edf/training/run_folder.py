@@ -2,9 +2,9 @@
 never starts in a folder that holds one, a metrics line cut by a kill is set aside, checkpoints of
 an abandoned branch are moved aside (never deleted), and every failure names the folder and the fix.
 
-What makes a folder hold a run: model.npz, a checkpoint, or a metrics.jsonl with a record in it
-(config.toml, train.log or an empty metrics.jsonl, what a run that failed before training leaves,
-do not count).
+What makes a folder hold a run: model.npz, a checkpoint, or a metrics.jsonl with a whole record in
+it (config.toml, train.log, or a metrics.jsonl with no complete line, what a run that failed
+before training leaves, do not count).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import re
 import socket
@@ -38,13 +39,14 @@ def checkpoints_in(out_dir) -> list[tuple[int, Path]]:
 def what_run(out_dir) -> str | None:
     """What makes OUT hold a run (for the message), or None."""
     out = Path(out_dir)
-    metrics = out / "metrics.jsonl"
     if (out / "model.npz").exists():
         return "model.npz"
     if checkpoints_in(out):
         return f"{len(checkpoints_in(out))} checkpoint(s)"
-    if metrics.is_file() and metrics.stat().st_size > 0:
-        return "metrics.jsonl"
+    if (out / "metrics.jsonl").is_file():
+        with open(out / "metrics.jsonl", "rb") as metrics:
+            if b"\n" in metrics.read(1 << 16):      # one complete record
+                return "metrics.jsonl"
     return None
 
 
@@ -69,12 +71,21 @@ def check_fresh(out_dir):
                              f"resume=\"auto\")")
 
 
+def run_of(checkpoint_path) -> Path | None:
+    """The run folder a checkpoint file belongs to: the parent of the nearest 'checkpoints' folder above it."""
+    for folder in Path(checkpoint_path).resolve().parents:
+        if folder.name == "checkpoints":
+            return folder.parent
+    return None
+
+
 def check_resume_target(checkpoint_path, out_dir):
     """Resuming writes into the run the checkpoint belongs to, or into a folder holding no run."""
-    home = Path(checkpoint_path).resolve().parent.parent
+    home = run_of(checkpoint_path)
     if home != Path(out_dir).resolve() and what_run(out_dir):
-        raise RunFolderError(f"{checkpoint_path} belongs to the run in {home}, and {out_dir} holds another run: "
-                             f"resume into {home}, or into a new output folder")
+        owner = f"belongs to the run in {home}" if home else "is not in a run folder's checkpoints/"
+        raise RunFolderError(f"{checkpoint_path} {owner}, and {out_dir} holds another run: resume "
+                             f"{'into ' + str(home) + ', or ' if home else ''}into a new output folder")
 
 
 def set_aside_partial_line(path) -> str | None:
@@ -93,8 +104,8 @@ def set_aside_partial_line(path) -> str | None:
 
 
 def move_newer_aside(out_dir, step: int) -> str | None:
-    """Checkpoints newer than ``step`` (an abandoned branch, when a run resumes from an older one)
-    move to OUT/checkpoints/abandoned-after-step-N[-k]/; returns what was done."""
+    """Checkpoints newer than ``step`` (an abandoned branch, when a run resumes from an older one) move to
+    OUT/checkpoints/abandoned-after-step-N[-k]/, with the metrics records of those steps; returns what was done."""
     newer = [path for s, path in checkpoints_in(out_dir) if s > step]
     if not newer:
         return None
@@ -105,7 +116,23 @@ def move_newer_aside(out_dir, step: int) -> str | None:
     target.mkdir()
     for path in newer:
         path.rename(target / path.name)
-    return f"resuming from step {step}: the {len(newer)} newer checkpoint(s) moved to {target}"
+    metrics = Path(out_dir) / "metrics.jsonl"
+    if metrics.is_file():      # rewritten in place (the run's reporter has it open), the moved records saved first
+        lines = metrics.read_bytes().splitlines(keepends=True)
+        (target / "metrics.jsonl").write_bytes(b"".join(line for line in lines if record_step(line) > step))
+        with open(metrics, "r+b") as handle:
+            handle.write(b"".join(line for line in lines if record_step(line) <= step))
+            handle.truncate()
+    return f"resuming from step {step}: the {len(newer)} newer checkpoint(s) and their metrics moved to {target}"
+
+
+def record_step(line: bytes) -> int:
+    """The step of a metrics line (-1 when it is not a record: such lines stay where they are)."""
+    try:
+        step = json.loads(line).get("step")
+    except (ValueError, AttributeError):
+        return -1
+    return step if isinstance(step, int) else -1
 
 
 def disk_error(error: OSError, path) -> RunFolderError:
@@ -137,29 +164,41 @@ class RunFolder:
                 self._release()
 
     def _claim(self, fresh: bool) -> str:
+        notes = []
         if self.depth == 0:
             make_folder(self.out)
-            handle = open(Path(self.out) / ".lock", "a+")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                handle.close()
-                raise RunFolderError(f"{self.out} is in use by another run ({holder}): wait for it to end, "
-                                     f"or choose another output folder") from None
-            handle.truncate(0)
-            handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
-            handle.flush()
-            self.lock = handle
+            notes.append(self._lock())
         self.depth += 1
         try:
             if fresh:
                 check_fresh(self.out)
-            return set_aside_partial_line(Path(self.out) / "metrics.jsonl") or ""
+            notes.append(set_aside_partial_line(Path(self.out) / "metrics.jsonl"))
+            return "; ".join(filter(None, notes))
         except BaseException:
             self._release()
             raise
+
+    def _lock(self) -> str | None:
+        """flock OUT/.lock; the note to log when the file system cannot lock (then two runs are not caught)."""
+        try:
+            self.lock = open(Path(self.out) / ".lock", "a+")
+        except OSError as error:
+            raise RunFolderError(f"cannot write in the output folder {self.out} ({error.strerror}): "
+                                 f"choose another --out / out=") from None
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return f"warning: {self.out} cannot be locked here ({error.strerror}): a second run on it is not refused"
+            self.lock.seek(0)
+            holder = self.lock.read().strip() or "another process"
+            self.lock.close()
+            raise RunFolderError(f"{self.out} is in use by another run ({holder}): wait for it to end, "
+                                 f"or choose another output folder") from None
+        self.lock.truncate(0)
+        self.lock.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        self.lock.flush()
+        return None
 
     def _release(self):
         self.depth -= 1

@@ -80,7 +80,7 @@ class Trainer:
                            "train_examples": len(self.train), "optimizer": type(optimizer).__name__,
                            "optimizer_state": list(optimizer.state_names)}
         self.run_config = run_config
-        check_agreement(self.comm, {**self.trajectory, "parameters": self.graph.layout(), "run": run_config})  # DDP
+        check_agreement(self.comm, {**self.trajectory, "parameters": self.graph.layout()})  # DDP: same setup
         broadcast_params(self.comm, self.graph.params)   # DDP: every rank starts from rank 0's parameters
         self.seed = self.comm.broadcast_obj(secrets.randbits(31) if seed < 0 else seed)   # DDP: rank 0's seed
         self.step = self.skipped_steps = self.total_steps = 0
@@ -187,7 +187,7 @@ class Trainer:
 
     def _finish(self, last: dict) -> dict:
         check_in_sync(self.comm, self.graph.params, self.graph.segments(), self.step)  # DDP: agree at the end
-        check_skipped(self.skipped_steps, self.step, self.max_skipped, final=True, params=self.graph.params)
+        check_skipped(self.skipped_steps, self.step, self.max_skipped, final=True)
         self.save_checkpoint()
         result = {"step": self.step, "seed": self.seed, "last": last}
         if self.test is not None:
@@ -233,8 +233,11 @@ class Trainer:
     # -- checkpoints and resume -----------------------------------------------------------------
 
     def save_checkpoint(self):
-        """Rank 0 writes OUT/checkpoints/step-N.npz (nothing without an OUT); returns its path, or None."""
+        """Rank 0 writes OUT/checkpoints/step-N.npz (nothing without an OUT); returns its path, or None.
+        Parameters that are not finite are never saved: the run fails instead."""
+        check_skipped(self.skipped_steps, self.step, self.max_skipped, final=False, params=self.graph.params)
         meta = {"step": self.step, "epoch": self.step // self.steps_per_epoch, "seed": self.seed,
+                "skipped_steps": self.skipped_steps,
                 "step_in_epoch": self.step % self.steps_per_epoch, "world_size": self.comm.world_size,
                 "layout": self.graph.layout(), "trajectory": self.trajectory, "config": self.run_config}
         path = self.checkpoints.save(self.graph.params, self.optimizer.state_dict(), meta)
@@ -255,5 +258,5 @@ class Trainer:
                  facts["moved"]]
         if self.seed_given and self.seed != facts["seed"]:
             notes.append(f"seed {self.seed} not used: the checkpoint's seed {facts['seed']} continues its data order")
-        self.step, self.seed = facts["step"], facts["seed"]
+        self.step, self.seed, self.skipped_steps = facts["step"], facts["seed"], facts["skipped_steps"]
         return "; ".join(filter(None, notes))
