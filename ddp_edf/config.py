@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import difflib
+import json
 import math
 import sys
 import typing
@@ -65,7 +66,7 @@ class TrainConfig:
     max_steps: int = 0            # stop after this many steps (0 = no cap)
     seed: int = -1                # data-order seed; -1 = draw one (logged, so the run can be repeated)
     drop_last: bool = False       # drop the short last batch of each epoch
-    micro_batches: int = 1        # split each rank's shard into this many accumulated micro-batches
+    micro_batches: int = 1        # split each rank's shard into this many accumulated micro-batches (<= the batch)
 
 
 @dataclass
@@ -245,6 +246,9 @@ def validate(config: Config):
             raise ConfigError(f"{key} = {value!r} is out of range: must be {allowed}")
     if config.optim.schedule == "step" and config.optim.step_size < 1:
         raise ConfigError("optim.schedule = 'step' needs optim.step_size >= 1")
+    if config.train.micro_batches > config.train.global_batch:
+        raise ConfigError(f"train.micro_batches = {config.train.micro_batches} > train.global_batch = "
+                          f"{config.train.global_batch}: a micro-batch needs an example; give at most the batch")
     if config.optim.nesterov and config.optim.momentum == 0:
         raise ConfigError("optim.nesterov = true needs optim.momentum > 0")
     if config.optim.schedule == "cosine" and config.optim.min_lr > config.optim.lr:
@@ -287,8 +291,7 @@ def _toml_value(value) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")   # TOML's escapes are JSON's
 
 
 def describe_keys() -> str:

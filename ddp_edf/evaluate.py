@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from .config import ConfigError, from_dict, validate
+from .config import ConfigError, all_keys, from_dict, validate
 from .data import DataError
 from .parallel.data_parallel import OutOfSyncError, broadcast_params, root_decides
 from .parallel.faults import launch
@@ -21,7 +21,7 @@ from .train import build_trainer
 from .training.checkpoint import CheckpointError, check_array, latest_checkpoint, load_checkpoint
 
 EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, OutOfSyncError)
-COLLECTIVE_ERRORS = (ConfigError, CheckpointError, OutOfSyncError)
+COLLECTIVE_ERRORS = (ConfigError, DataError, CheckpointError, OutOfSyncError)
 
 
 def parse_args(argv):
@@ -44,9 +44,14 @@ def read_checkpoint(path: str) -> dict:
             raise CheckpointError(f"{path} holds no valid checkpoint (looked in {path}/checkpoints)")
     else:
         checkpoint = load_checkpoint(path)
-    if not isinstance(checkpoint["meta"].get("config"), dict):
+    config = checkpoint["meta"].get("config")
+    if not isinstance(config, dict):
         raise CheckpointError(f"checkpoint {checkpoint['path']} holds no command-line config (it was written by a "
                               f"Python script): evaluate it there with Trainer.evaluate")
+    missing = [key for key in all_keys() if not isinstance(config.get(key.split(".")[0]), dict)
+               or key.split(".")[1] not in config[key.split(".")[0]]]
+    if missing:    # defaults would silently stand in for the run's values (its dev split, its model)
+        raise CheckpointError(f"checkpoint {checkpoint['path']}: its saved config lacks {missing}: corrupt")
     return checkpoint
 
 
@@ -70,6 +75,11 @@ def run(args, comm) -> int:
     graph = trainer.graph
 
     def load():
+        trained_on, here = saved["trajectory"].get("data CRC-32 (train, dev, test)"), trainer.trajectory[
+            "data CRC-32 (train, dev, test)"]
+        if trained_on != here:
+            raise DataError(f"the {config.data.dataset} files found here (CRC-32 {here}) are not the data the run "
+                            f"trained on ({trained_on}): give the run's data (--data-dir)")
         if saved["layout"] != graph.layout():
             raise CheckpointError(f"checkpoint {checkpoint['path']}: its parameters {saved['layout']} do not fit the "
                                   f"model of its config {graph.layout()}")
@@ -78,7 +88,11 @@ def run(args, comm) -> int:
     root_decides(comm, load)
     broadcast_params(comm, graph.params)  # DDP: every rank evaluates rank 0's parameters
     trainer.eval_batch = args.batch or config.eval.batch
-    result = trainer.evaluate({"dev": trainer.dev, "test": trainer.test, "train": trainer.train}[args.split])
+    split = {"dev": trainer.dev, "test": trainer.test, "train": trainer.train}[args.split]
+    if len(split) == 0:
+        raise ConfigError(f"--split {args.split}: the run kept no {args.split} examples (data.dev_size = 0): "
+                          f"evaluate test or train")
+    result = trainer.evaluate(split)
     result = {"checkpoint": checkpoint.get("path"), "step": saved["step"], "split": args.split,
               "dataset": config.data.dataset, **result, "accuracy": 1.0 - result["error"]}
     if comm.is_root:

@@ -94,6 +94,8 @@ def draw(metrics: dict, title: str, output: Path):
     except ValueError as error:        # an image type matplotlib does not write
         raise PlotError(f"--output {output}: {error}; end the name with one of "
                         f".{', .'.join(sorted(figure.canvas.get_supported_filetypes()))}") from None
+    except OSError as error:
+        raise PlotError(f"cannot write {output} ({error.strerror}): give another --output") from None
     finally:
         plt.close(figure)
 
@@ -111,7 +113,7 @@ def describe_run(out_dir) -> str:
         widths = "-".join(str(w) for w in model["hidden"]) if model["kind"] != "logreg" else ""
         return (f"{title}: {data['dataset']}, {model['kind']} {widths}, "
                 f"global batch {train['global_batch']}").replace("  ", " ")
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, TypeError):   # no config.toml, or one not written by ddp_edf
         return title
 
 
@@ -124,7 +126,10 @@ def main(argv=None) -> int:
     try:
         metrics = read_metrics(args.out)
         if not output.parent.is_dir():
-            raise PlotError(f"--output {output}: the folder {output.parent} does not exist: create it first")
+            problem = "is a file" if output.parent.exists() else "does not exist"
+            raise PlotError(f"--output {output}: {output.parent} {problem}: give an existing folder")
+        if output.is_dir():
+            raise PlotError(f"--output {output} is a folder: give an image file name (e.g. {output}/curves.png)")
         draw(metrics, describe_run(args.out), output)
     except PlotError as error:
         print(f"ddp_edf: error: {error}", file=sys.stderr)

@@ -17,17 +17,18 @@ from .config import ConfigError, describe_keys, load_config, to_dict, to_toml
 from .data import DataError, load_dataset, prepare_dataset
 from .engine.models import build_model
 from .engine.optim import SGD, Adam, Schedule
-from .parallel.data_parallel import OutOfSyncError, check_agreement
+from .parallel.data_parallel import OutOfSyncError, check_agreement, root_decides
 from .parallel.faults import WatchdogFired, launch
 from .training.checkpoint import CheckpointError, write_atomically
 from .training.errors import EXIT_PREEMPTED, Preempted, TrainingError
-from .training.run_folder import RunFolderError
+from .training.run_folder import RunFolderError, what_run
 from .training.trainer import Trainer
 
 EXPECTED_ERRORS = (ConfigError, DataError, TrainingError, OutOfSyncError, CheckpointError, RunFolderError,
                    WatchdogFired)
-# Raised alike on every rank (rank 0 decided, or all saw the same): printed once, by rank 0.
-COLLECTIVE_ERRORS = (ConfigError, TrainingError, OutOfSyncError, CheckpointError, RunFolderError)
+# Raised alike on every rank (rank 0 decided, or all saw the same): printed once, by rank 0
+# (by another rank too if rank 0 did not meet it: see run_or_abort).
+COLLECTIVE_ERRORS = (ConfigError, DataError, TrainingError, OutOfSyncError, CheckpointError, RunFolderError)
 
 
 def parse_args(argv):
@@ -106,12 +107,16 @@ def run(args, comm) -> int:
                               for key, value in values.items()}})
     out = choose_out_dir(args.out, args.config, comm)
     trainer = build_trainer(config, comm, out)
-    if args.init:
-        trainer.load_parameters(args.init)
     with trainer.folder.claimed(fresh=not args.resume) as note:   # rank 0 holds OUT's lock from here on
         if note and comm.is_root:
             print(note)
-        if not args.resume:   # a new run: its config (and seed) before the first step; a resumed run keeps its own
+        # --resume auto in a folder holding no run starts one; a resumed run keeps its parameters and config
+        fresh = not args.resume or root_decides(comm, lambda: args.resume == "auto" and not what_run(out))
+        if args.init and fresh:
+            trainer.load_parameters(args.init)
+        elif args.init and comm.is_root:
+            print(f"note: --init {args.init} is not used: the run resumes from its checkpoint")
+        if fresh:    # a new run's config (and seed) before the first step
             write_config(out, config, trainer.seed, comm)
         try:
             trainer.fit(config.train.epochs, config.train.max_steps, resume=args.resume)

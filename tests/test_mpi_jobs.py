@@ -156,6 +156,8 @@ if sys.argv[1] == "raise" and comm.rank == 1:
     np.load("/nonexistent/data.npy")                  # fails before any Trainer exists
 n = 300 if sys.argv[1] != "uneven" or comm.rank == 0 else 240
 X, Y = np.ones((n, 4), np.float32), np.zeros(n, np.int64)
+if sys.argv[1] == "other" and comm.rank == 1:
+    X[7, 2] = 0.5                                     # the same shapes, one value differs
 x, y = Input("x"), Input("y")
 loss = SoftmaxCrossEntropy(Affine(x, Parameter("W", np.zeros((4, 2))), Parameter("b", np.zeros(2))), y)
 Trainer(loss, (x, y), (X, Y), optimizer=SGD(), global_batch=10, comm=comm).fit(epochs=1)
@@ -164,10 +166,11 @@ Trainer(loss, (x, y), (X, Y), optimizer=SGD(), global_batch=10, comm=comm).fit(e
 
 @pytest.mark.parametrize("mode,expected", [
     ("raise", "[rank 1] FileNotFoundError"),
-    ("uneven", "rank 1 has train_examples = 240 where rank 0 has 300")])
+    ("uneven", "rank 1 has train_examples = 240 where rank 0 has 300"),
+    ("other", "rank 1 has data CRC-32 (train, dev, test) = [")])
 def test_a_script_failing_on_one_rank_or_with_other_data_ends_the_job(tmp_path, mode, expected):
     """Through the Python API: a rank that raises before the Trainer exists, or ranks given different
-    data, end the whole job at once with the reason (no hang until some timeout)."""
+    data (other sizes, or other values), end the whole job at once with the reason (no hang until some timeout)."""
     script = tmp_path / "script.py"
     script.write_text(API_SCRIPT)
     result, seconds = run_job(2, [str(script), mode], timeout=60)
@@ -177,9 +180,11 @@ def test_a_script_failing_on_one_rank_or_with_other_data_ends_the_job(tmp_path, 
 
 @pytest.mark.parametrize("rank0,rank1,expected", [
     (["--set", "train.max_steps=5"], ["--set", "train.max_steps=6"], "rank 1 has train.max_steps = 6 where rank 0 has 5"),
-    (["--init", "INIT"], [], "rank 1 has --init = None where rank 0 has")])
+    (["--init", "INIT"], [], "rank 1 has --init = None where rank 0 has"),
+    ([], ["--set", "optim.lr=-1"], "[rank 1] ddp_edf: error: optim.lr = -1.0 is out of range")])
 def test_ranks_given_different_options_stop_with_one_clear_line(job_args, tmp_path, rank0, rank1, expected):
-    """mpiexec's MPMD form gives each rank its own command line: the ranks compare their setup first."""
+    """mpiexec's MPMD form gives each rank its own command line: the ranks compare their setup first, and
+    a config error met by one rank only is printed by that rank."""
     np.savez(tmp_path / "init.npz", x=np.ones(1))
     rank0 = [str(tmp_path / "init.npz") if a == "INIT" else a for a in rank0]
     command = [sys.executable, "-m", "ddp_edf.train", "--out", str(tmp_path / "r"), *job_args]
@@ -203,3 +208,9 @@ def test_a_checkpoint_of_another_size_is_refused_before_any_collective(job_args,
     assert result.returncode != 0 and seconds < 30
     assert "'params' holds (7,) float32 values" in result.stderr and "do not match" not in result.stderr
     assert result.stderr.count("ddp_edf: error:") == 1, result.stderr[-3000:]
+
+
+def test_dist_serial_under_mpiexec_ends_the_job_with_one_line(job_args, tmp_path):
+    result, seconds = run_job(2, ["-m", "ddp_edf.train", "--dist", "serial", "--out", str(tmp_path / "r"), *job_args])
+    assert result.returncode != 0 and seconds < 20
+    assert "--dist serial in a job of 2 processes" in result.stderr, result.stderr[-3000:]

@@ -62,11 +62,13 @@ def test_launcher_refuses_an_unknown_binding():
 
 @pytest.mark.parametrize("place,expected", [("file", "is a file"), ("under a file", "cannot create the output folder"),
                                             ("proc", "cannot create the output folder"),
-                                            ("read-only", "cannot write in the output folder")])
+                                            ("read-only", "cannot write the lock file"),
+                                            ("lock a folder", "cannot write the lock file")])
 def test_an_output_folder_that_cannot_be_one(data, tmp_path, capsys, place, expected):
     (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "lock a folder/.lock").mkdir(parents=True)
     out = {"file": tmp_path / "file", "under a file": tmp_path / "file/run", "proc": Path("/proc/ddp_edf_run"),
-           "read-only": Path("/proc/self")}[place]
+           "read-only": Path("/proc/self"), "lock a folder": tmp_path / "lock a folder"}[place]
     fails(capsys, args(data, out), expected, str(out))
 
 
@@ -112,6 +114,7 @@ def bad_checkpoint(out, **change):
     ({"meta": [1, 2]}, "corrupt metadata (not a JSON object)"),
     ({"meta.layout": None}, "lacks or mistypes ['layout']"),
     ({"meta.step": "4"}, "lacks or mistypes ['step']"),
+    ({"meta.seed": -5}, "lacks or mistypes ['seed']"), ({"meta.world_size": 0}, "lacks or mistypes ['world_size']"),
     ({"params": np.ones((2, 113), np.float32)}, "'params' holds (2, 113)"),
     ({"params": np.array(["x"] * 226)}, "'params' holds (226,) <U1"),
     ({"params": np.full(226, np.nan, np.float32)}, "non-finite values in"),
@@ -140,14 +143,16 @@ def test_init_and_resume_files_that_are_not_checkpoints(data, tmp_path, capsys):
 
 @pytest.mark.parametrize("break_it,expected", [
     ("images 0x0", "no images to train on"), ("0 training", "no images to train on"),
-    ("0 test", "no images to test on"), ("sizes", "holds images of 16 pixels but")])
+    ("0 test", "no images to test on"), ("sizes", "holds 4x4 images but"),
+    ("shape", "holds 4x4 images but")])
 def test_idx_data_that_cannot_train_is_refused_at_load(isolated_data, tmp_path, capsys, break_it, expected):
     folder = isolated_data / "d"
     write_dataset(folder, n_train=60, n_test=20)
     replace = {"images 0x0": ("train-images-idx3-ubyte", np.zeros((60, 0, 0), np.uint8)),
                "0 training": ("train-images-idx3-ubyte", np.zeros((0, 4, 4), np.uint8)),
                "0 test": ("t10k-images-idx3-ubyte", np.zeros((0, 4, 4), np.uint8)),
-               "sizes": ("t10k-images-idx3-ubyte", np.zeros((20, 5, 5), np.uint8))}[break_it]
+               "sizes": ("t10k-images-idx3-ubyte", np.zeros((20, 5, 5), np.uint8)),
+               "shape": ("t10k-images-idx3-ubyte", np.zeros((20, 16, 1), np.uint8))}[break_it]
     (folder / replace[0]).write_bytes(idx_bytes(replace[1]))
     if break_it == "0 training":
         (folder / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(0, np.uint8)))

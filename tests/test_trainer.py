@@ -71,7 +71,7 @@ def test_short_last_batch_is_weighted_by_its_own_size(data_dir, tmp_path):
         np.testing.assert_allclose(p.value, ref, rtol=1e-4, atol=1e-5, err_msg=p.name)
 
 
-@pytest.mark.parametrize("pieces", [2, 5, 30])
+@pytest.mark.parametrize("pieces", [2, 5, 24])   # 24 = the batch: a short last batch has empty pieces
 def test_micro_batches_equal_the_unsplit_step(data_dir, tmp_path, pieces):
     whole, whole_run = make_trainer(data_dir, tmp_path / "a")
     split, split_run = make_trainer(data_dir, tmp_path / "b", f"train.micro_batches={pieces}")

@@ -14,6 +14,8 @@ Gzipped files are decompressed once into the cache, so ranks memory-map one raw 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 from dataclasses import dataclass
@@ -125,14 +127,26 @@ def locate(name: str, data_dir: str = "", allow_download: bool = True, progress=
                         f"where there is network)")
     spec = DATASETS[name]
     target = cache_root() / name
-    target.mkdir(parents=True, exist_ok=True)
-    for role in ROLES:
-        file_name = FILE_NAMES[role] + ".gz"
-        destination = target / file_name
-        if not destination.is_file():
-            download([base + file_name for base in mirrors_for(spec)], destination, spec.sha256[role],
-                     progress=progress)
+    with cache_errors(target):
+        target.mkdir(parents=True, exist_ok=True)
+        for role in ROLES:
+            file_name = FILE_NAMES[role] + ".gz"
+            destination = target / file_name
+            if not destination.is_file():
+                download([base + file_name for base in mirrors_for(spec)], destination, spec.sha256[role],
+                         progress=progress)
     return _files_in(target)
+
+
+@contextlib.contextmanager
+def cache_errors(folder: Path):
+    """A write into the cache that fails (full, read-only, a file in the way) as one DataError naming it."""
+    try:
+        yield
+    except OSError as error:
+        problem = "disk full" if error.errno == errno.ENOSPC else error.strerror
+        raise DataError(f"cannot write the dataset cache {folder} ({problem}): free space there, or set "
+                        f"XDG_CACHE_HOME to a writable folder") from None
 
 
 def raw_copy(path: Path, name: str) -> Path:
@@ -143,8 +157,9 @@ def raw_copy(path: Path, name: str) -> Path:
     target_dir = cache_root() / "raw" / f"{name.replace(':', '_').replace('/', '_')[-40:]}-{folder_key}"
     target = target_dir / path.stem
     if not target.is_file() or target.stat().st_mtime < path.stat().st_mtime:
-        target_dir.mkdir(parents=True, exist_ok=True)
-        decompress_idx(path, target)
+        with cache_errors(target_dir):
+            target_dir.mkdir(parents=True, exist_ok=True)
+            decompress_idx(path, target)
     return target
 
 
@@ -167,10 +182,12 @@ class Dataset:
         return self.train.images.shape[1]
 
 
-def _images_and_labels(files: dict, split: str, num_classes: int):
+def _images_and_labels(files: dict, origins: dict, split: str, num_classes: int):
+    """(images (N, rows, cols), labels (N,)) of ``split``, read from the raw ``files``; the messages
+    name the user's ``origins`` (a .gz file rather than its decompressed copy in the cache)."""
     images = read_idx(files[f"{split}_images"])
     labels = read_idx(files[f"{split}_labels"])
-    images_path, labels_path = files[f"{split}_images"], files[f"{split}_labels"]
+    images_path, labels_path = origins[f"{split}_images"], origins[f"{split}_labels"]
     if images.dtype != np.uint8 or images.ndim != 3:
         raise DataError(f"{images_path}: expected uint8 images of shape (N, rows, cols), got {images.dtype} {images.shape}")
     if labels.dtype != np.uint8 or labels.ndim != 1:
@@ -182,7 +199,7 @@ def _images_and_labels(files: dict, split: str, num_classes: int):
         raise DataError(f"{labels_path}: label {int(labels.max())} out of range 0..{num_classes - 1}")
     if len(images) == 0 or images.shape[1] * images.shape[2] == 0:
         raise DataError(f"{images_path}: no images to {split} on (shape {images.shape}): the file is empty")
-    return images.reshape(len(images), -1), np.asarray(labels, dtype=np.int64)
+    return images, np.asarray(labels, dtype=np.int64)
 
 
 def load_dataset(name: str, data_dir: str = "", allow_download: bool = False, dev_size: int = -1,
@@ -192,12 +209,15 @@ def load_dataset(name: str, data_dir: str = "", allow_download: bool = False, de
     ``train_limit`` (> 0) keeps only the first that many training examples.
     """
     files = prepare_dataset(name, data_dir, allow_download)
+    origins = locate(name, data_dir, allow_download=False)
     num_classes = DATASETS[name].num_classes if name in DATASETS else 10
-    train_images, train_labels = _images_and_labels(files, "train", num_classes)
-    test_images, test_labels = _images_and_labels(files, "test", num_classes)
-    if train_images.shape[1] != test_images.shape[1]:
-        raise DataError(f"{files['train_images']} holds images of {train_images.shape[1]} pixels but "
-                        f"{files['test_images']} of {test_images.shape[1]}: the two files are of different datasets")
+    train_images, train_labels = _images_and_labels(files, origins, "train", num_classes)
+    test_images, test_labels = _images_and_labels(files, origins, "test", num_classes)
+    if train_images.shape[1:] != test_images.shape[1:]:
+        raise DataError(f"{origins['train_images']} holds {'x'.join(map(str, train_images.shape[1:]))} images but "
+                        f"{origins['test_images']} {'x'.join(map(str, test_images.shape[1:]))}: the two files are "
+                        f"of different datasets")
+    train_images, test_images = (images.reshape(len(images), -1) for images in (train_images, test_images))
     n = len(train_labels)
     if dev_size < 0:
         dev_size = DATASETS[name].dev_size if name in DATASETS else n // 6
@@ -206,7 +226,7 @@ def load_dataset(name: str, data_dir: str = "", allow_download: bool = False, de
     n_train = n - dev_size
     if train_limit:
         n_train = min(n_train, train_limit)
-    source = f"{name} from {locate(name, data_dir, allow_download=False)['train_images'].parent}"
+    source = f"{name} from {origins['train_images'].parent}"
     return Dataset(
         name=name,
         train=ImageSplit(train_images[:n_train], train_labels[:n_train], "train", source),

@@ -11,6 +11,7 @@ A .gz file is decompressed once to a raw file (``decompress_idx``) and then mapp
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -41,7 +42,7 @@ def parse_header(path, head: bytes, payload_bytes: int):
         raise DataError(f"{path}: truncated: the header needs {header_length} bytes, the file has {len(head)}")
     shape = struct.unpack(f">{ndim}I", head[4:header_length])
     dtype = DTYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize   # Python integers: no overflow
     found = payload_bytes - header_length
     if found < expected:
         raise DataError(f"{path}: truncated: dimensions {shape} need {expected} bytes of data, found {found}")
@@ -61,7 +62,7 @@ def read_idx(path) -> np.ndarray:
     with open(path, "rb") as handle:
         head = handle.read(64)
     dtype, shape, offset = parse_header(path, head, size)
-    if int(np.prod(shape)) == 0:
+    if math.prod(shape) == 0:
         return np.zeros(shape, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
 

@@ -10,6 +10,8 @@ which returns the arrays of those examples, one per graph Input (images x, label
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 
@@ -60,3 +62,19 @@ def as_split(split, name: str, n_inputs: int, dtype=np.float32):
     if len(split) == 0:
         raise ValueError(f"{name} holds no examples")
     return split
+
+
+def fingerprint(split) -> str | None:
+    """CRC-32 of a split's arrays (dtypes, shapes and bytes), so ranks can check they read the same
+    data; None for a split not made of plain arrays.  About 4 GB/s: 15 ms for MNIST."""
+    arrays = getattr(split, "arrays", None)
+    if arrays is None:
+        return None
+    crc = 0
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        if array.dtype.hasobject:
+            return None
+        crc = zlib.crc32(f"{array.dtype.str}{array.shape}".encode(), crc)
+        crc = zlib.crc32(array, crc)
+    return f"{crc:08x}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -25,6 +26,14 @@ def launched_by_mpi(environ=os.environ) -> bool:
     if any(name in environ for name in LAUNCHER_VARIABLES):
         return True
     return int(environ.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_PROCID" in environ
+
+
+def launcher_size(environ=os.environ) -> int:
+    """How many processes an MPI launcher (PMI: mpiexec, srun --mpi=pmi2; Open MPI) started together, else 1."""
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        if environ.get(name, "").isdigit():
+            return int(environ[name])
+    return 1
 
 
 class SerialComm:
@@ -100,6 +109,12 @@ class MPIComm:
     def allgather_obj(self, obj) -> list:
         return self.comm.allgather(obj)
 
+    def abort_with(self, message: str, code: int = 1):
+        """Print ``message`` and end every rank of the job."""
+        print(f"[rank {self.rank}] ddp_edf: error: {message}", file=sys.stderr)
+        time.sleep(0.5)   # let the launcher forward the message before Abort tears the job down
+        self.abort(code)
+
     def abort(self, code: int = 1):
         """End every rank of the job now (MPI_Abort), e.g. after an exception on this rank."""
         sys.stdout.flush()
@@ -114,5 +129,8 @@ def make_comm(kind: str = "auto"):
     if kind == "mpi":
         return MPIComm()
     if kind == "serial":
+        if launcher_size() > 1:   # it would train alone while the other ranks wait for it in MPI_Init
+            MPIComm().abort_with(f"--dist serial in a job of {launcher_size()} processes started by "
+                                 f"mpirun/srun: drop --dist serial, or start one process")
         return SerialComm()
     raise ValueError(f"unknown --dist '{kind}': choose auto, mpi or serial")

@@ -54,7 +54,8 @@ def run_or_abort(comm, main, expected_errors=(), collective_errors=()):
     """Return main()'s exit code; on an exception print it and end the job (MPI Abort when W > 1).
 
     ``expected_errors`` (bad config, missing data, ...) print one line, no traceback;
-    ``collective_errors`` are raised identically on every rank, so only rank 0 prints them.
+    ``collective_errors`` are raised identically on every rank, so rank 0 prints them and aborts; another
+    rank prints its own only if rank 0 has not ended the job 2 s later (rank 0 never met the error).
     """
     if comm.world_size > 1:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -72,10 +73,10 @@ def run_or_abort(comm, main, expected_errors=(), collective_errors=()):
             code = EXIT_FAILURE
             if isinstance(error, collective_errors) and not comm.is_root:
                 time.sleep(2.0)  # rank 0 reports it and aborts the job; give it time to be heard
-            else:
-                print_error(comm, error, with_traceback=not isinstance(error, expected_errors))
-                if comm.world_size > 1:
-                    time.sleep(0.5)  # let the launcher forward the message before Abort tears the job down
+            # still running: rank 0 did not meet this error (a config file that differs on this host)
+            print_error(comm, error, with_traceback=not isinstance(error, expected_errors))
+            if comm.world_size > 1:
+                time.sleep(0.5)  # let the launcher forward the message before Abort tears the job down
     if comm.world_size > 1:
         comm.abort(code)
     return code

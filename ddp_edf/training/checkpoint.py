@@ -65,7 +65,10 @@ def save_checkpoint(out_dir, params: np.ndarray, optim_state: dict, meta: dict, 
               "meta": np.frombuffer(json.dumps({**meta, "format_version": FORMAT_VERSION}).encode(), np.uint8)}
     write_atomically(path, lambda handle: np.savez(handle, **arrays))
     for _, old in checkpoints_in(out_dir)[:-keep]:
-        old.unlink()
+        try:
+            old.unlink()
+        except OSError as error:   # the new checkpoint is safe; an old one left behind only takes space
+            print(f"warning: cannot remove the old checkpoint {old} ({error.strerror})", file=sys.stderr)
     return path
 
 
@@ -114,8 +117,9 @@ def load_checkpoint(path) -> dict:
         raise CheckpointError(f"checkpoint {path} has format version {meta.get('format_version')}, this ddp_edf "
                               f"reads {FORMAT_VERSION}")
     wrong = [k for k, kind in META_TYPES.items() if not isinstance(meta.get(k), kind) or isinstance(meta.get(k), bool)]
-    if wrong or meta["step"] < 0:
-        raise CheckpointError(f"checkpoint {path}: its metadata lacks or mistypes {wrong or ['step']}: corrupt")
+    wrong += [k for k, low in (("step", 0), ("seed", 0), ("world_size", 1)) if not wrong and meta[k] < low]
+    if wrong:
+        raise CheckpointError(f"checkpoint {path}: its metadata lacks or mistypes {wrong}: corrupt")
     if "params" not in arrays:
         raise CheckpointError(f"checkpoint {path} holds no 'params': corrupt")
     params = arrays.pop("params")

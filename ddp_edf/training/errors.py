@@ -31,6 +31,9 @@ def check_options(**options):
     for name, value in options.items():
         if name in MINIMUM and (not isinstance(value, int) or isinstance(value, bool) or value < MINIMUM[name]):
             raise ValueError(f"option {name} = {value!r} must be an integer >= {MINIMUM[name]}")
+    if options.get("micro_batches", 1) > options.get("global_batch", options.get("micro_batches", 1)):
+        raise ValueError(f"option micro_batches = {options['micro_batches']} exceeds global_batch = "
+                         f"{options['global_batch']}: a micro-batch needs an example")
     timeout = options.get("timeout_s", 0)
     if not (isinstance(timeout, (int, float)) and (timeout == 0 or timeout >= 1)):
         raise ValueError(f"option timeout_s = {timeout!r} must be 0 (off) or at least 1 second")

@@ -33,7 +33,7 @@ def checkpoints_in(out_dir) -> list[tuple[int, Path]]:
     if not folder.is_dir():
         return []
     found = ((CHECKPOINT_NAME.match(p.name), p) for p in folder.iterdir())
-    return sorted((int(match.group(1)), p) for match, p in found if match)
+    return sorted((int(match.group(1)), p) for match, p in found if match and p.is_file())
 
 
 def what_run(out_dir) -> str | None:
@@ -183,7 +183,7 @@ class RunFolder:
         try:
             self.lock = open(Path(self.out) / ".lock", "a+")
         except OSError as error:
-            raise RunFolderError(f"cannot write in the output folder {self.out} ({error.strerror}): "
+            raise RunFolderError(f"cannot write the lock file {Path(self.out) / '.lock'} ({error.strerror}): "
                                  f"choose another --out / out=") from None
         try:
             fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

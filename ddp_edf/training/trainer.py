@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 from ..data import as_split, epoch_permutation, shard_bounds, steps_per_epoch
+from ..data.splits import fingerprint
 from ..data.sampler import batch_indices
 from ..engine.graph import Graph, Input
 from ..engine.optim import Schedule
@@ -78,9 +79,10 @@ class Trainer:
                                 f"with drop_last: no step to take")
         self.trajectory = {**(trajectory or {}), "global_batch": global_batch, "drop_last": drop_last,
                            "train_examples": len(self.train), "optimizer": type(optimizer).__name__,
-                           "optimizer_state": list(optimizer.state_names)}
+                           "optimizer_state": list(optimizer.state_names),
+                           "data CRC-32 (train, dev, test)": [fingerprint(s) for s in (self.train, self.dev, self.test)]}
         self.run_config = run_config
-        check_agreement(self.comm, {**self.trajectory, "parameters": self.graph.layout()})  # DDP: same setup
+        check_agreement(self.comm, {**self.trajectory, "parameters": self.graph.layout()})  # DDP: same setup and data
         broadcast_params(self.comm, self.graph.params)   # DDP: every rank starts from rank 0's parameters
         self.seed = self.comm.broadcast_obj(secrets.randbits(31) if seed < 0 else seed)   # DDP: rank 0's seed
         self.step = self.skipped_steps = self.total_steps = 0
