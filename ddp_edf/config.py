@@ -275,23 +275,13 @@ def to_dict(config: Config) -> dict:
 
 def to_toml(config: Config) -> str:
     """The resolved config as TOML (what tomllib reads back to the same Config)."""
-    lines = []
-    for section, values in to_dict(config).items():
-        lines.append(f"[{section}]")
-        for name, value in values.items():
-            lines.append(f"{name} = {_toml_value(value)}")
-        lines.append("")
-    return "\n".join(lines)
+    return "\n".join(f"[{section}]\n" + "".join(f"{name} = {_toml_value(value)}\n" for name, value in values.items())
+                     for section, values in to_dict(config).items())
 
 
 def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")   # TOML's escapes are JSON's
+    """TOML's booleans, numbers, arrays and string escapes are JSON's (DEL aside); NaN/inf never get here."""
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def describe_keys() -> str:
