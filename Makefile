@@ -41,6 +41,7 @@ bench: venv bench-peers
 	$(PY) benchmarks/roofline.py
 	$(PY) benchmarks/compare_torch_ddp.py
 	$(PY) benchmarks/time_to_accuracy.py --plot docs/time_to_accuracy.png
+	$(PY) benchmarks/deterministic.py
 
 bench-peers:
 	PYTHON=$(PYTHON) bash benchmarks/setup_peers.sh

@@ -86,6 +86,8 @@ class DistConfig:
     timeout_s: float = 300.0      # watchdog (several ranks): abort when a rank waits this long (0 = off)
     nonfinite: str = "stop"       # non-finite loss: stop | skip (the step, on every rank)
     max_skipped: float = 0.1      # skip: fail when more than this fraction of the steps was skipped
+    deterministic: bool = False   # the same bits on any number of ranks (exact sums of fixed chunks)
+    chunk: int = 32               # deterministic: examples per fixed chunk of a global batch
 
 
 @dataclass
@@ -117,7 +119,7 @@ CHOICES = {
 AT_LEAST = {"data.dev_size": -1, "data.train_limit": 0, "optim.weight_decay": 0, "optim.warmup_steps": 0,
             "optim.step_size": 0, "optim.min_lr": 0, "train.global_batch": 1, "train.epochs": 1, "train.max_steps": 0,
             "train.seed": -1, "train.micro_batches": 1, "eval.every": 0, "eval.batch": 1, "log.every": 1,
-            "dist.check_every": 0, "checkpoint.every_steps": 0, "checkpoint.keep": 1}
+            "dist.check_every": 0, "dist.chunk": 1, "checkpoint.every_steps": 0, "checkpoint.keep": 1}
 # key -> (test, what is allowed), for the others
 RANGES = {
     "model.hidden": (lambda v: all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= 1_000_000 for w in v),

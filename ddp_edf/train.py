@@ -84,7 +84,8 @@ def build_trainer(config, comm, out=None, echo=True) -> Trainer:
             out=out, checkpoint_every=config.checkpoint.every_steps, keep_checkpoints=config.checkpoint.keep,
             log_every=config.log.every, eval_every=config.eval.every, eval_batch=config.eval.batch,
             check_every=config.dist.check_every, timeout_s=config.dist.timeout_s, nonfinite=config.dist.nonfinite,
-            max_skipped=config.dist.max_skipped, comm=comm, echo=echo, run_config=to_dict(config),
+            max_skipped=config.dist.max_skipped, deterministic=config.dist.deterministic, chunk=config.dist.chunk,
+            comm=comm, echo=echo, run_config=to_dict(config),
             trajectory={"model": to_dict(config)["model"], "data.dataset": data.dataset,
                         "data.dev_size": len(dataset.dev), "data.train_limit": data.train_limit})
     except MemoryError:

@@ -205,3 +205,15 @@ def test_the_time_to_accuracy_worker_trains_epoch_by_epoch_as_one_fit_does():
     per_epoch = by_epoch.steps_per_epoch
     assert 25 < per_epoch < 50 and epochs == [(1, per_epoch), (2, 50)]
     np.testing.assert_array_equal(by_epoch.graph.params, whole.graph.params)
+
+
+def test_deterministic_cost_and_accuracy(tmp_path):
+    out = bench("deterministic.py", "--worlds", "1", "2", "--batches", "64", "--runs", "1", "--seconds", "0.2",
+                "--chunk", "16", "--accuracy-steps", "3", "--json", tmp_path / "d.json")
+    result = json.loads((tmp_path / "d.json").read_text())
+    assert [(r["world"], r["batch"]) for r in result["cost"]] == [(1, 64), (2, 64)] and result["chunk"] == 16
+    assert all(r["ratio"] > 0 for r in result["cost"]) and "step time, deterministic / default" in out
+    accuracy = result["accuracy"]
+    # the exact sum of the chunks is their float64 sum rounded once to float32: within float32's rounding
+    assert accuracy["exact sum of the chunks"]["max"] <= 2.0 ** -24
+    assert accuracy["deterministic"]["median"] < 1e-5 and accuracy["default"]["median"] < 1e-5

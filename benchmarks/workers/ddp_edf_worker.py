@@ -1,6 +1,6 @@
 """ddp_edf's Trainer.fit on W ranks, the model built from ops through the Python API; rank 0 prints samples/s.
 
-    [mpiexec -n W] python benchmarks/workers/ddp_edf_worker.py --batch 256 [--seconds 2] [--warmup 30]
+    [mpiexec -n W] python benchmarks/workers/ddp_edf_worker.py --batch 256 [--seconds 2] [--warmup 30] [--deterministic]
 
 The rate is samples over the wall time of ``Trainer.fit`` for the timed steps: the loop users run
 (data, forward, backward, the one Allreduce of gradients and flags, the optimizer, the epoch order),
@@ -22,7 +22,7 @@ from ddp_edf.parallel.comm import make_comm  # noqa: E402
 NAMES = {"W1": "fc0.W", "b1": "fc0.b", "W2": "fc1.W", "b2": "fc1.b"}
 
 
-def build_trainer(initial: dict, batch: int, comm) -> Trainer:
+def build_trainer(initial: dict, batch: int, comm, deterministic: bool = False, chunk: int = 32) -> Trainer:
     """The benchmark's MLP written with ddp_edf's ops, trained by the Trainer a user's script gets."""
     p = {k: Parameter(NAMES[k], v) for k, v in initial.items()}
     x, y = Input("x"), Input("y")
@@ -30,14 +30,18 @@ def build_trainer(initial: dict, batch: int, comm) -> Trainer:
     images, labels = common.load_split("train")
     return Trainer(SoftmaxCrossEntropy(scores, y), (x, y), ImageSplit(images, labels), errors=ErrorRate(scores, y),
                    optimizer=SGD(common.LR, common.MOMENTUM), global_batch=batch, drop_last=True, seed=0,
-                   log_every=10**9, check_every=0, comm=comm, echo=False)
+                   log_every=10**9, check_every=0, comm=comm, echo=False, deterministic=deterministic,
+                   chunk=chunk)
 
 
 def main():
-    args = common.worker_arguments(__doc__).parse_args()
+    parser = common.worker_arguments(__doc__)
+    parser.add_argument("--deterministic", action="store_true", help="the same bits on any number of ranks")
+    parser.add_argument("--chunk", type=int, default=32, help="--deterministic: examples per fixed chunk")
+    args = parser.parse_args()
     comm = make_comm("auto")
     initial = common.load_initial(args.check_init) if args.check_init else common.initial_parameters()
-    trainer = build_trainer(initial, args.batch, comm)
+    trainer = build_trainer(initial, args.batch, comm, args.deterministic, args.chunk)
     if args.check_init:   # the same training as every other system? (compare_torch_ddp.py checks)
         batches = common.global_batches(len(trainer.train), args.batch)
         for _ in range(args.check_steps):
@@ -59,6 +63,7 @@ def main():
     seconds = time.perf_counter() - start
     if comm.is_root:
         common.emit({"system": "ddp_edf", "world": comm.world_size, "batch": args.batch, "steps": steps,
+                     "deterministic": args.deterministic, "chunk": args.chunk,
                      "samples_per_s": steps * args.batch / seconds})
 
 

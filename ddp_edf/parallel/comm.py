@@ -48,7 +48,7 @@ class SerialComm:
     def is_root(self) -> bool:
         return self.rank == 0
 
-    def allreduce(self, buffer: np.ndarray) -> np.ndarray:
+    def allreduce(self, buffer: np.ndarray, op: str = "sum") -> np.ndarray:
         return buffer
 
     def broadcast(self, buffer: np.ndarray, root: int = 0) -> np.ndarray:
@@ -90,9 +90,9 @@ class MPIComm:
     def is_root(self) -> bool:
         return self.rank == 0
 
-    def allreduce(self, buffer: np.ndarray) -> np.ndarray:
-        """buffer <- sum over ranks of buffer, in place."""
-        self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)
+    def allreduce(self, buffer: np.ndarray, op: str = "sum") -> np.ndarray:
+        """buffer <- sum (or "max") over ranks of buffer, in place."""
+        self.comm.Allreduce(self.MPI.IN_PLACE, buffer, op={"sum": self.MPI.SUM, "max": self.MPI.MAX}[op])
         return buffer
 
     def broadcast(self, buffer: np.ndarray, root: int = 0) -> np.ndarray:

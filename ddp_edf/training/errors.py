@@ -22,7 +22,7 @@ class Preempted(SystemExit):
         return self.message
 
 
-MINIMUM = {"global_batch": 1, "micro_batches": 1, "eval_batch": 1, "keep_checkpoints": 1, "seed": -1, "epochs": 1,
+MINIMUM = {"global_batch": 1, "micro_batches": 1, "chunk": 1, "eval_batch": 1, "keep_checkpoints": 1, "seed": -1, "epochs": 1,
            "checkpoint_every": 0, "log_every": 0, "eval_every": 0, "check_every": 0, "max_steps": 0}
 
 

@@ -2,13 +2,18 @@
 
     loss = (sum over every example of ell[b]) / N,   error = (sum of err[b]) / N
 
-Each rank evaluates a contiguous shard of the split; (loss sum, error sum, count) are summed in
-float64 over ranks, so the figures do not depend on the number of ranks or the batch size.
+The sums are exact (a loss sum is a Fraction of float64s; counts are integers), so the figures do not
+depend on how the examples were spread over ranks; each is rounded once, at the end.  A split is
+evaluated in fixed pieces of ``batch`` examples, each rank taking a contiguous run of whole pieces:
+a piece's per-example values are then the same bits on any number of ranks (a GEMM's rounding
+depends on how many rows it multiplies).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -17,11 +22,12 @@ from ..data import shard_bounds
 
 @dataclass
 class Totals:
-    """Sums over examples (float64), reduced across ranks before they are reported."""
+    """Exact sums over examples, reduced across ranks before they are reported."""
 
-    loss: float = 0.0
-    errors: float = 0.0
-    count: float = 0.0
+    loss: Fraction = Fraction(0)
+    errors: Fraction = Fraction(0)
+    count: int = 0
+    non_finite: float = 0.0     # inf or NaN losses, kept apart: a Fraction holds only finite numbers
 
     def add(self, losses: np.ndarray, errors: np.ndarray | None, examples: int) -> float:
         """Add a (micro-)batch's per-example losses and errors; returns its loss sum."""
@@ -29,18 +35,26 @@ class Totals:
             raise ValueError(f"the loss (and errors) must hold one value per example, shape ({examples},); got "
                              f"{np.shape(losses)}{'' if errors is None else f' and {np.shape(errors)}'}")
         loss_sum = float(losses.sum(dtype=np.float64))
-        self.loss += loss_sum
-        self.errors += 0.0 if errors is None else float(errors.sum(dtype=np.float64))
+        if math.isfinite(loss_sum):
+            loss_sum = math.fsum(losses.tolist())     # correctly rounded, whatever the order of the examples
+            self.loss += Fraction(loss_sum)
+        else:
+            self.non_finite += loss_sum
+        self.errors += 0 if errors is None else Fraction(math.fsum(np.asarray(errors, np.float64).tolist()))
         self.count += len(losses)
         return loss_sum
 
     def reduced(self, comm) -> "Totals":
-        return Totals(*comm.allreduce(np.array([self.loss, self.errors, self.count])).tolist())
+        """The sums over every rank (exact: the same whatever the ranks held)."""
+        parts = comm.allgather_obj((self.loss, self.errors, self.count, self.non_finite))
+        return Totals(*(sum(column) for column in zip(*parts)))
 
     def figures(self, with_error: bool = True) -> dict:
         """{"loss", "error"} means over the examples (NaN when there were none)."""
-        n = self.count or float("nan")
-        return {"loss": self.loss / n, **({"error": self.errors / n} if with_error else {})}
+        if not self.count:
+            return {"loss": math.nan, **({"error": math.nan} if with_error else {})}
+        loss = float(self.loss / self.count) + self.non_finite
+        return {"loss": loss, **({"error": float(self.errors / self.count)} if with_error else {})}
 
 
 def feed(inputs, arrays):
@@ -56,12 +70,13 @@ def evaluate(graph, loss, errors, inputs, split, comm, batch: int = 1000, on_bat
     """Loss (and error rate, if ``errors`` is a node) over the whole split, sharded over ranks;
     ``on_batch()`` after every forward pass (the watchdog's kick)."""
     totals = Totals()
-    start, stop = shard_bounds(len(split), comm.rank, comm.world_size)   # DDP: this rank's part
-    for lo in range(start, stop, batch):
-        hi = min(lo + batch, stop)
+    pieces = -(-len(split) // batch)
+    first, last = shard_bounds(pieces, comm.rank, comm.world_size)   # DDP: this rank's whole pieces
+    for lo in range(first * batch, min(last * batch, len(split)), batch):
+        hi = min(lo + batch, len(split))
         feed(inputs, split.batch(slice(lo, hi)))
         graph.forward()
         totals.add(loss.value, None if errors is None else errors.value, hi - lo)
         on_batch()
     totals = totals.reduced(comm)    # DDP: sums and counts, never averages of averages
-    return {**totals.figures(errors is not None), "examples": int(totals.count)}
+    return {**totals.figures(errors is not None), "examples": totals.count}

@@ -25,13 +25,14 @@ import time
 
 import numpy as np
 
-from ..data import as_split, epoch_permutation, shard_bounds, steps_per_epoch
+from ..data import as_split, epoch_permutation, steps_per_epoch
 from ..data.splits import fingerprint
-from ..data.sampler import batch_indices
+from ..data.sampler import batch_indices, rank_pieces
 from ..engine.graph import Graph, Input
 from ..engine.optim import Schedule
 from ..parallel.data_parallel import broadcast_params, check_agreement, check_in_sync
 from ..parallel.comm import make_comm
+from ..parallel.exact_sum import ExactSum
 from ..parallel.faults import Watchdog, abort_on_uncaught_exception, stop_signals
 from ..parallel.threads import configure_blas_threads
 from .checkpoint import Checkpoints, save_parameters
@@ -52,14 +53,16 @@ class Trainer:
                  seed: int = -1, out: str | None = None, checkpoint_every: int = 0, keep_checkpoints: int = 3,
                  log_every: int = 100, eval_every: int = 0, eval_batch: int = 1000, check_every: int = 1000,
                  timeout_s: float = 300.0, nonfinite: str = "stop", max_skipped: float = 0.1, comm=None,
-                 echo: bool = True, trajectory: dict | None = None, run_config: dict | None = None):
+                 deterministic: bool = False, chunk: int = 32, echo: bool = True, trajectory: dict | None = None,
+                 run_config: dict | None = None):
         check_options(global_batch=global_batch, micro_batches=micro_batches, eval_batch=eval_batch, seed=seed,
+                      chunk=chunk,
                       keep_checkpoints=keep_checkpoints, checkpoint_every=checkpoint_every, log_every=log_every,
                       eval_every=eval_every, check_every=check_every, timeout_s=timeout_s, nonfinite=nonfinite,
                       max_skipped=max_skipped, schedule=(schedule, optimizer.lr))
         self.comm = comm if hasattr(comm, "allreduce") else make_comm(comm or "auto")   # or "mpi", "serial"
         abort_on_uncaught_exception(self.comm)      # DDP: a rank that fails ends the job, never a hang
-        self.threads_note = configure_blas_threads(self.comm.local_size)
+        self.threads_note = configure_blas_threads(self.comm.local_size, fixed=1 if deterministic else 0)
         self.loss, self.errors, self.inputs = loss, errors, tuple(inputs)
         self.graph = Graph([loss] if errors is None else [loss, errors], grad_tail=2)
         self.flags = self.graph.grads_with_tail[-2:]  # DDP: [non-finite loss, stop signal], summed with the grads
@@ -69,6 +72,8 @@ class Trainer:
                                            for split, name in ((train, "train"), (dev, "dev"), (test, "test")))
         self.optimizer, self.schedule, self.global_batch = optimizer, schedule, global_batch
         self.micro_batches, self.nonfinite, self.max_skipped = micro_batches, nonfinite, max_skipped
+        self.chunk = chunk   # DDP: deterministic: examples per fixed chunk of a global batch
+        self.exact = ExactSum(self.comm, self.graph.segments(), self.graph.num_params) if deterministic else None
         self.out, self.echo = out, echo
         self.every = {"checkpoint": checkpoint_every, "log": log_every, "eval": eval_every, "check": check_every}
         self.eval_batch, self.checkpoints = eval_batch, Checkpoints(out, keep_checkpoints, self.comm)
@@ -96,22 +101,25 @@ class Trainer:
     def train_step(self, batch: np.ndarray) -> bool:
         """One SGD step on the global minibatch ``batch`` (example indices, the same on every rank).
         False if some rank's loss was not finite: then no rank changes its parameters."""
-        comm, graph = self.comm, self.graph
-        start, stop = shard_bounds(len(batch), comm.rank, comm.world_size)  # DDP: my contiguous shard
-        shard = batch[start:stop]
-        pieces = [shard_bounds(len(shard), k, self.micro_batches) for k in range(self.micro_batches)]
-        pieces = [shard[lo:hi] for lo, hi in pieces if hi > lo]
+        graph = self.graph
+        pieces = rank_pieces(len(batch), self.comm.rank, self.comm.world_size,   # DDP: my shard of the batch
+                             self.micro_batches, self.chunk if self.exact else 0)
         if not pieces:
             graph.grads.fill(0)       # DDP: an empty shard (B < W, a short last batch) still joins the sum
         loss_sum = 0.0
-        for k, piece in enumerate(pieces):   # micro-batches: their gradients add up
-            feed(self.inputs, self.train.batch(piece))
+        for k, (lo, hi) in enumerate(pieces):   # micro-batches: their gradients add up
+            feed(self.inputs, self.train.batch(batch[lo:hi]))
             graph.forward()
-            graph.backward(self.loss, grad_scale=1 / len(batch), accumulate=k > 0)  # DDP: 1/B_global
+            graph.backward(self.loss, grad_scale=1 / len(batch), accumulate=k > 0 and not self.exact)  # DDP: 1/B
+            if self.exact:
+                self.exact.add(graph.grads)     # DDP: each chunk's gradient, summed exactly below
             errors = None if self.errors is None else self.errors.value
-            loss_sum += self.totals.add(self.loss.value, errors, len(piece))
+            loss_sum += self.totals.add(self.loss.value, errors, hi - lo)
         self.flags[:] = (not math.isfinite(loss_sum), self.stop_requested)      # DDP: my two flags
-        comm.allreduce(graph.grads_with_tail)  # DDP: ONE Allreduce: the sum over ranks of grads and flags
+        if self.exact:    # DDP: the same bits on any number of ranks (parallel/exact_sum.py)
+            self.exact.allreduce(graph.grads, self.flags, total_terms=-(-len(batch) // self.chunk))
+        else:
+            self.comm.allreduce(graph.grads_with_tail)  # DDP: ONE Allreduce: the sum over ranks of grads and flags
         non_finite, stops = self.flags
         self.stop_agreed = stops > 0           # DDP: a signal reached some rank: all stop after this step
         if not non_finite:

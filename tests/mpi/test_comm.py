@@ -57,3 +57,33 @@ def test_check_in_sync_names_the_first_differing_rank_and_segment():
         agree(comm, False, "divergence not detected")
     except OutOfSyncError as error:
         agree(comm, f"rank {last} differs from rank 0 first in 'fc0.b'" in str(error), str(error))
+
+
+def gradient_like_terms(count=11, size=3001, seed=4):
+    """Terms of three segments of very different scales, with zeros and exact ties in the mix."""
+    rng = np.random.default_rng(seed)
+    terms = rng.standard_normal((count, size)).astype(np.float32) * np.float32(1e-3)
+    terms[:, 1000:2000] *= np.float32(1e6)
+    terms[:, 2000:2500] = 0
+    terms[3, 5] = -terms[4, 5]
+    return terms
+
+
+@pytest.mark.mpi(min_size=2)
+def test_exact_sum_gives_the_same_bits_however_the_terms_are_spread():
+    from ddp_edf.data import shard_bounds
+    from ddp_edf.parallel.comm import SerialComm
+    from ddp_edf.parallel.exact_sum import ExactSum
+    comm = MPIComm()
+    terms, segments = gradient_like_terms(), [("a", 0, 1000), ("b", 1000, 2000), ("c", 2000, 3001)]
+    results = []
+    for communicator, mine in ((comm, range(*shard_bounds(len(terms), comm.rank, comm.world_size))),
+                               (SerialComm(), range(len(terms)))):
+        exact, out, flags = ExactSum(communicator, segments, terms.shape[1]), np.empty(3001, np.float32), np.zeros(2)
+        for t in mine:
+            exact.add(terms[t])
+        flags[:] = (0, comm.rank == 1)
+        exact.allreduce(out, flags, total_terms=len(terms))
+        results.append((out, flags.tolist()))
+    (parallel, flags), (serial, _) = results
+    agree(comm, np.array_equal(parallel, serial) and flags == [0, 1], f"flags {flags}")
