@@ -76,7 +76,7 @@ def accuracy(steps, batch=256, chunk=32):
     initial = common.initial_parameters()
     g32, loss32, x32, y32 = mlp(initial, np.float32)
     g64, loss64, x64, y64 = mlp(initial, np.float64)
-    exact = ExactSum(SerialComm(), g32.segments(), g32.num_params)
+    exact = ExactSum(SerialComm(), g32.num_params)
     images, labels = common.load_split("train")
     batches = common.global_batches(len(labels), batch)
     errors = {"default": [], "deterministic": [], "float32 sum of the chunks": [], "exact sum of the chunks": []}

@@ -3,15 +3,17 @@
 Floating-point addition is not associative: a float32 Allreduce of per-rank partial sums rounds
 differently when the terms (the gradients of fixed chunks of the batch) fall on other ranks.  Here
 every term becomes an integer on a fixed-point grid shared by all ranks, and integers add exactly in
-any order:
+any order.  The grid is set per block of BLOCK (256) consecutive elements k:
 
-    e_j   = exponent of max over every term t and element i of segment j of |g_t[i]|   (MAX Allreduce)
-    q_t   = rint(g_t * 2^(s_j)),  s_j = 52 - ceil(log2 T) - e_j     |q_t| <= 2^52 / T   (T terms)
-    sum   = (sum over ranks and terms of q_t) * 2^(-s_j)            (SUM Allreduce, float64)
+    e_k   = exponent of max over every term t and element i of block k of |g_t[i]|   (MAX Allreduce)
+    q_t   = rint(g_t * 2^(s_k)),  s_k = 52 - ceil(log2 T) - e_k     |q_t| <= 2^52 / T   (T terms)
+    sum   = (sum over ranks and terms of q_t) * 2^(-s_k)            (SUM Allreduce, float64)
 
 Every partial sum is an integer below 2^52 in magnitude, so float64 holds it exactly whatever the
-order.  Each term is rounded once on a grid 2^(-s_j) about 2^-49 of its segment's largest value (for
-T = 8), far finer than float32's 2^-24 relative rounding; the result is rounded once to float32.
+order.  Each term is rounded once, on a grid about 2^-49 (T = 8) of its block's largest value, then
+the sum is rounded once to float32: an element within 2^-25 of its block's largest is summed more
+accurately than a float32 sum would; a far smaller one can lose precision (norm-wise, measured on
+real gradients, the exact sum is twice as accurate as a float32 sum: docs/performance.md).
 """
 
 from __future__ import annotations
@@ -20,42 +22,56 @@ import math
 
 import numpy as np
 
+BLOCK = 256   # elements per grid: smaller blocks keep small values next to large ones finer, but cost more
+
 
 class ExactSum:
-    """Terms added with ``add`` on each rank; ``allreduce`` gives every rank their sum over all ranks.
-    ``segments``: [(name, start, stop), ...], each with its own grid (one per parameter tensor)."""
+    """Terms added with ``add`` on each rank; ``allreduce`` gives every rank their sum over all ranks."""
 
-    def __init__(self, comm, segments, size: int):
-        self.comm, self.segments = comm, [(start, stop) for _, start, stop in segments]
-        self.terms, self.count = np.empty((0, size), np.float32), 0
+    def __init__(self, comm, size: int):
+        self.comm, self.size = comm, size
+        self.blocks = -(-size // BLOCK)
+        self.terms, self.count = np.zeros((0, self.blocks * BLOCK), np.float32), 0
+        self.high, self.low = np.zeros(self.blocks * BLOCK, np.float32), np.zeros(self.blocks * BLOCK, np.float32)
 
     def add(self, values: np.ndarray):
         """Keep a copy of one term (the grid is known only once every rank has all of its terms)."""
         if self.count == len(self.terms):   # grow to the most terms a rank has held (chunks per rank)
-            self.terms = np.concatenate([self.terms, np.empty((self.count + 1, self.terms.shape[1]), np.float32)])
-        self.terms[self.count] = values
+            self.terms = np.concatenate([self.terms, np.zeros((self.count + 1, self.terms.shape[1]), np.float32)])
+        self.terms[self.count, :self.size] = values
+        np.maximum(self.high, self.terms[self.count], out=self.high)    # the largest magnitudes so far
+        np.minimum(self.low, self.terms[self.count], out=self.low)
         self.count += 1
 
     def allreduce(self, out: np.ndarray, flags: np.ndarray, total_terms: int):
-        """out <- the exact sum (rounded once to out's dtype) of every rank's terms, ``total_terms`` of
-        them in all; flags <- their maximum over ranks (1 if any rank set a flag).  Two collectives."""
+        """out <- the exact sum (rounded once to float32) of every rank's terms, ``total_terms`` of them
+        in all; flags <- their maximum over ranks, and flags[0] = 1 if the sum is not finite."""
         terms, self.count = self.terms[:self.count], 0
-        local = [max(float(terms[:, a:b].max(initial=0)), -float(terms[:, a:b].min(initial=0))) for a, b in self.segments]
-        largest = self.comm.allreduce(np.array(local + list(flags), np.float64), op="max")
-        flags[:] = largest[len(local):]
-        if not np.isfinite(largest).all():       # a NaN or inf gradient: the step is skipped anyway
+        largest = np.zeros(self.blocks + len(flags), np.float32)
+        np.maximum(self.high, -self.low).reshape(self.blocks, BLOCK).max(axis=1, out=largest[:self.blocks])
+        largest[:self.blocks][np.isnan(largest[:self.blocks])] = np.inf   # MPI's MAX may drop a NaN
+        largest[self.blocks:] = flags
+        self.high.fill(0)
+        self.low.fill(0)
+        self.comm.allreduce(largest, op="max")                        # the same grid on every rank
+        flags[:] = largest[self.blocks:]
+        if not np.isfinite(largest[:self.blocks]).all():             # every rank sees it: no sum
+            flags[0] = 1
             out.fill(np.nan)
             return
         headroom = math.ceil(math.log2(max(total_terms, 1)))
-        # 2^s within float32's range, so the scaling below is exact; s is capped only for tiny maxima
-        shifts = [min(52 - headroom - math.frexp(m)[1], 126) if m > 0 else 0 for m in largest[:len(local)]]
-        total = np.zeros(out.shape, np.float64)
-        scaled = np.empty(out.shape, np.float32)
+        _, exponents = np.frexp(largest[:self.blocks])                  # largest < 2^e
+        shifts = np.where(largest[:self.blocks] > 0, 52 - headroom - exponents, 0)
+        # 2^s as float32 factors (one, or two where 2^s exceeds float32): scaling stays exact
+        first = np.repeat(np.ldexp(np.float32(1), np.minimum(shifts, 126)).astype(np.float32), BLOCK)
+        second = np.repeat(np.ldexp(np.float32(1), np.maximum(shifts - 126, 0)).astype(np.float32), BLOCK)
+        total = np.zeros(self.blocks * BLOCK, np.float64)
+        scaled = np.empty(self.blocks * BLOCK, np.float32)
         for term in terms:
-            for (a, b), s in zip(self.segments, shifts):
-                np.multiply(term[a:b], np.float32(2.0 ** s), out=scaled[a:b])   # exact: a power of two
-            np.rint(scaled, out=scaled)          # |q| <= 2^52 / T: integers float32 and float64 hold
+            np.multiply(term, first, out=scaled)
+            if shifts.max() > 126:
+                scaled *= second
+            np.rint(scaled, out=scaled)          # |q| <= 2^52 / T: an integer float32 holds exactly
             total += scaled                      # integers below 2^53: exact in any order
         self.comm.allreduce(total)               # the same integers on any number of ranks
-        for (a, b), s in zip(self.segments, shifts):
-            out[a:b] = total[a:b] * 2.0 ** -s
+        out[:] = (total * np.repeat(np.ldexp(1.0, -shifts), BLOCK))[:self.size]

@@ -73,7 +73,7 @@ class Trainer:
         self.optimizer, self.schedule, self.global_batch = optimizer, schedule, global_batch
         self.micro_batches, self.nonfinite, self.max_skipped = micro_batches, nonfinite, max_skipped
         self.chunk = chunk   # DDP: deterministic: examples per fixed chunk of a global batch
-        self.exact = ExactSum(self.comm, self.graph.segments(), self.graph.num_params) if deterministic else None
+        self.exact = ExactSum(self.comm, self.graph.num_params) if deterministic else None
         self.out, self.echo = out, echo
         self.every = {"checkpoint": checkpoint_every, "log": log_every, "eval": eval_every, "check": check_every}
         self.eval_batch, self.checkpoints = eval_batch, Checkpoints(out, keep_checkpoints, self.comm)
@@ -92,7 +92,7 @@ class Trainer:
         self.seed = self.comm.broadcast_obj(secrets.randbits(31) if seed < 0 else seed)   # DDP: rank 0's seed
         self.step = self.skipped_steps = self.total_steps = 0
         self.stop_requested = self.stop_agreed = False
-        self.totals, self.reporter = Totals(), Reporter(enabled=False)
+        self.totals, self.reporter = Totals(self.exact is not None), Reporter(enabled=False)
         # DDP: a rank that waits longer than timeout_s for the others aborts the job (one process cannot wait)
         self.watchdog = Watchdog(self.comm, timeout_s if self.comm.world_size > 1 else 0)
 
@@ -141,7 +141,7 @@ class Trainer:
         check_agreement(self.comm, {"fit(epochs, max_steps, resume)": (epochs, max_steps, resume)})  # DDP
         self.total_steps = min(epochs * self.steps_per_epoch, max_steps or math.inf)
         self.stop_requested = self.stop_agreed = False
-        self.totals = Totals()
+        self.totals = Totals(self.exact is not None)
         with self.folder.claimed(fresh=not resume and self.step == 0) as note:   # rank 0 locks OUT
             self.reporter = Reporter(self.out, enabled=self.comm.is_root, echo=self.echo)
             try:
@@ -214,11 +214,11 @@ class Trainer:
         split = as_split(split, "evaluation", len(self.inputs), self.graph.dtype)
         with self.watchdog:
             return evaluate(self.graph, self.loss, self.errors, self.inputs, split, self.comm, self.eval_batch,
-                            on_batch=lambda: self.watchdog.kick("evaluation"))
+                            on_batch=lambda: self.watchdog.kick("evaluation"), exact=self.exact is not None)
 
     def _report(self, epoch: int, rate: float, with_dev: bool) -> dict:
         figures = {"train": self.totals.reduced(self.comm).figures(self.errors is not None)}  # DDP: all shards
-        self.totals = Totals()
+        self.totals = Totals(self.exact is not None)
         self.reporter.record(self.step, epoch, "train", figures["train"], samples_per_s=rate,
                              lr=self.learning_rate(self.step - 1))
         line = f"step {self.step:>7}  epoch {epoch}  train {describe(figures['train'])}"
