@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# A Slurm cluster of N "hosts" on this one machine: each node is a network namespace with its own
+# hostname (a UTS namespace), a veth link to a bridge (the switch) and an address only on that link;
+# slurmctld and munged run on the bridge's address, one slurmd per node inside the node's namespaces.
+# Every node sees the same filesystem (like a shared home).  Needs root (Debian: slurm + munge; the
+# packages are installed when missing).  Used by tests/test_multihost.py; usable by hand:
+#
+#   tests/cluster/netns_cluster.sh up [N]      build N nodes (2-4; default 2), start the daemons, wait
+#                                              until every node is idle, print "ready" and the SLURM_CONF
+#   tests/cluster/netns_cluster.sh down        stop what 'up' started (by pid), remove links, namespaces,
+#                                              mounts and files; safe to run after a failed 'up'
+#   tests/cluster/netns_cluster.sh status      sinfo, and the bytes each node's link carried
+#   tests/cluster/netns_cluster.sh on NODE CMD run CMD on a node (its network and hostname)
+#
+# CLUSTER_RATE=1gbit shapes each link (tbf on the bridge side: every flow between nodes passes one
+# shaper; this kernel has no netem, so latency is what veths have).  Traffic stays on 10.211.0.0/24:
+# the namespaces have no other interface and no default route.  MPI note: with the mpich wheel,
+# inter-node data goes over the links only with UCX_TLS=tcp,self (its default shared-memory
+# transports see one machine); the tests set it and check the bytes on the links.
+set -euo pipefail
+
+BASE=${CLUSTER_BASE:-/tmp/ddp_edf_cluster}
+CONF=$BASE/slurm.conf
+BRIDGE=ddpbr0
+NET=10.211.0
+UTSDIR=/run/ddp_edf_cluster_uts
+CTLPORT=6927; SLURMDPORT=6928               # not Slurm's defaults: a one-node cluster may also run
+CTL_HOST=$(hostname -s)                     # slurmctld must be named after the host it runs on
+RATE=${CLUSTER_RATE:-}
+
+log() { echo "[cluster] $*" >&2; }
+nodes() { cat "$BASE/nodes" 2>/dev/null || true; }
+on() { local n=$1; shift; ip netns exec "$n" nsenter --uts="$UTSDIR/$n" -- "$@"; }
+
+install_packages() {
+  command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null && return
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurmctld slurmd slurm-client munge
+}
+
+network_up() {
+  ip link add "$BRIDGE" type bridge
+  ip addr add "$NET.1/24" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+  mkdir -p "$UTSDIR"
+  mountpoint -q "$UTSDIR" || { mount --bind "$UTSDIR" "$UTSDIR"; mount --make-private "$UTSDIR"; }
+  local i=0
+  for n in $(nodes); do
+    i=$((i + 1))
+    ip netns add "$n"
+    ip link add "ddp-$n" type veth peer name "ddp-$n-in"
+    ip link set "ddp-$n-in" netns "$n"
+    ip -n "$n" link set "ddp-$n-in" name eth0
+    ip -n "$n" addr add "$NET.$((10 + i))/24" dev eth0
+    ip -n "$n" link set lo up
+    ip -n "$n" link set eth0 up
+    ip link set "ddp-$n" master "$BRIDGE"
+    ip link set "ddp-$n" up
+    if [ -n "$RATE" ]; then tc qdisc add dev "ddp-$n" root tbf rate "$RATE" burst 256kb latency 50ms; fi
+    touch "$UTSDIR/$n"
+    unshare --uts="$UTSDIR/$n" hostname "$n"
+    mkdir -p "/etc/netns/$n"
+  done
+  for n in $(nodes); do    # /etc/hosts as the node sees it (ip netns exec mounts /etc/netns/NODE/hosts)
+    { echo "127.0.0.1 localhost"; echo "$NET.1 $CTL_HOST"
+      i=0; for m in $(nodes); do i=$((i + 1)); echo "$NET.$((10 + i)) $m"; done; } > "/etc/netns/$n/hosts"
+  done
+}
+
+munge_up() {   # its socket is a path on the shared filesystem: reachable from every namespace
+  [ -f /etc/munge/munge.key ] || { mungekey -c; chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key; }
+  mkdir -p "$BASE/munge"; chown munge:munge "$BASE/munge"; chmod 755 "$BASE/munge"
+  runuser -u munge -- munged --socket="$BASE/munge/socket" --pid-file="$BASE/munge/munged.pid" \
+    --log-file="$BASE/munge/munged.log" --seed-file="$BASE/munge/munged.seed"
+}
+
+write_conf() {
+  mkdir -p "$BASE"/{state,log,run}
+  for n in $(nodes); do mkdir -p "$BASE/spool/$n"; done
+  # ip netns exec remounts /sys, hiding /sys/fs/cgroup; slurmd starts with the v1 plugin named
+  echo "CgroupPlugin=cgroup/v1" > "$BASE/cgroup.conf"
+  cat > "$CONF" <<CONF
+ClusterName=ddpedf
+SlurmctldHost=$CTL_HOST($NET.1)
+SlurmctldPort=$CTLPORT
+SlurmdPort=$SLURMDPORT
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket=$BASE/munge/socket,cred_expire=10
+StateSaveLocation=$BASE/state
+SlurmdSpoolDir=$BASE/spool/%n
+SlurmdPidFile=$BASE/run/slurmd-%n.pid
+SlurmdLogFile=$BASE/log/slurmd-%n.log
+SlurmctldPidFile=$BASE/run/slurmctld.pid
+SlurmctldLogFile=$BASE/log/slurmctld.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+MpiDefault=pmi2
+SlurmdTimeout=30
+KillWait=5
+CONF
+  local i=0
+  for n in $(nodes); do
+    i=$((i + 1))
+    echo "NodeName=$n NodeAddr=$NET.$((10 + i)) NodeHostname=$n CPUs=2 RealMemory=2000 State=UNKNOWN" >> "$CONF"
+  done
+  echo "PartitionName=ddpedf Nodes=$(nodes | paste -sd,) Default=YES MaxTime=INFINITE State=UP" >> "$CONF"
+}
+
+slurm_up() {
+  slurmctld -f "$CONF"
+  for n in $(nodes); do on "$n" slurmd -f "$CONF" -N "$n"; done
+  local want; want=$(nodes | wc -w)
+  for _ in $(seq 90); do
+    [ "$(SLURM_CONF=$CONF sinfo -h -N -t idle -o %N 2>/dev/null | sort -u | wc -l)" -eq "$want" ] && return
+    sleep 1
+  done
+  log "the nodes did not all become idle:"; SLURM_CONF=$CONF sinfo -N >&2 || true
+  tail -n 5 "$BASE"/log/*.log >&2 || true
+  return 1
+}
+
+status() {
+  SLURM_CONF=$CONF sinfo -N || true
+  for n in $(nodes); do
+    echo "ddp-$n rx_bytes=$(cat "/sys/class/net/ddp-$n/statistics/rx_bytes") tx_bytes=$(cat "/sys/class/net/ddp-$n/statistics/tx_bytes")"
+  done
+}
+
+down() {
+  set +e
+  [ -f "$CONF" ] && SLURM_CONF=$CONF scancel --full --quiet $(SLURM_CONF=$CONF squeue -h -o %i 2>/dev/null) 2>/dev/null
+  for f in "$BASE"/run/slurmd-*.pid "$BASE/run/slurmctld.pid" "$BASE/munge/munged.pid"; do
+    [ -f "$f" ] || continue
+    p=$(cat "$f"); kill "$p" 2>/dev/null
+    for _ in $(seq 20); do kill -0 "$p" 2>/dev/null || break; sleep 0.25; done
+    kill -9 "$p" 2>/dev/null
+  done
+  for n in $(nodes) $(ip netns list 2>/dev/null | awk '/^ddpn[0-9]/{print $1}'); do
+    pids=$(ip netns pids "$n" 2>/dev/null)
+    [ -n "$pids" ] && { kill $pids 2>/dev/null; sleep 0.5; kill -9 $pids 2>/dev/null; }
+    ip link del "ddp-$n" 2>/dev/null
+    ip netns del "$n" 2>/dev/null
+    umount "$UTSDIR/$n" 2>/dev/null; rm -f "$UTSDIR/$n"
+    rm -rf "/etc/netns/$n"
+  done
+  rmdir /etc/netns 2>/dev/null
+  umount "$UTSDIR" 2>/dev/null; rmdir "$UTSDIR" 2>/dev/null
+  ip link del "$BRIDGE" 2>/dev/null
+  rm -rf "$BASE"
+  log "down"
+  return 0
+}
+
+case "${1:-}" in
+  up)
+    count=${2:-2}
+    [[ "$count" =~ ^[2-4]$ ]] || { echo "netns_cluster.sh: N must be 2, 3 or 4" >&2; exit 2; }
+    ip link show "$BRIDGE" >/dev/null 2>&1 && { echo "netns_cluster.sh: already up; run '$0 down' first" >&2; exit 1; }
+    [ "$(id -u)" -eq 0 ] || { echo "netns_cluster.sh: needs root (network namespaces)" >&2; exit 1; }
+    trap 'log "up failed: tearing down"; down' ERR
+    install_packages
+    mkdir -p "$BASE"; seq -f "ddpn%g" 1 "$count" > "$BASE/nodes"
+    network_up; write_conf; munge_up; slurm_up
+    trap - ERR
+    echo "ready: $count nodes ($(nodes | paste -sd' ')); export SLURM_CONF=$CONF" ;;
+  down)   down ;;
+  status) status ;;
+  on)     shift; on "$@" ;;
+  *)      echo "usage: $0 up [N] | down | status | on NODE CMD..." >&2; exit 2 ;;
+esac
