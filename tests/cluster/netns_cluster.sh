@@ -15,9 +15,9 @@
 # CLUSTER_RATE=1gbit shapes each link (tbf on the bridge side: every flow between nodes passes one
 # shaper; this kernel has no netem, so latency is what veths have).  Traffic stays on 10.211.0.0/24:
 # the namespaces have no other interface and no default route.  MPI note: with the mpich wheel,
-# inter-node data goes over the links only with UCX_TLS=tcp,self (its default shared-memory
-# transports see one machine); the tests set it and check the bytes on the links.
-set -euo pipefail
+# inter-node data goes over the links only with MPICH_CH4_NETMOD=ofi (its default UCX transports see
+# one machine and use shared memory); the tests set it for jobs on several nodes and count the bytes.
+set -Eeuo pipefail    # -E: the ERR trap of `up` fires inside functions too
 
 BASE=${CLUSTER_BASE:-/tmp/ddp_edf_cluster}
 CONF=$BASE/slurm.conf
@@ -104,6 +104,7 @@ SelectTypeParameters=CR_Core
 ReturnToService=2
 MpiDefault=pmi2
 SlurmdTimeout=30
+InactiveLimit=30
 KillWait=5
 CONF
   local i=0
@@ -127,6 +128,17 @@ slurm_up() {
   return 1
 }
 
+links_up() {   # node to node, over the bridge: TCP to each other node's slurmd (ping may be absent)
+  local first; first=$(nodes | head -1)
+  local i=0
+  for n in $(nodes); do
+    i=$((i + 1))
+    [ "$n" = "$first" ] && continue
+    on "$first" timeout 5 bash -c "exec 3<>/dev/tcp/$NET.$((10 + i))/$SLURMDPORT" \
+      || { log "$first cannot reach $n over the bridge (a firewall on bridged traffic?)"; return 1; }
+  done
+}
+
 status() {
   SLURM_CONF=$CONF sinfo -N || true
   for n in $(nodes); do
@@ -137,9 +149,9 @@ status() {
 down() {
   set +e
   [ -f "$CONF" ] && SLURM_CONF=$CONF scancel --full --quiet $(SLURM_CONF=$CONF squeue -h -o %i 2>/dev/null) 2>/dev/null
-  for f in "$BASE"/run/slurmd-*.pid "$BASE/run/slurmctld.pid" "$BASE/munge/munged.pid"; do
-    [ -f "$f" ] || continue
-    p=$(cat "$f"); kill "$p" 2>/dev/null
+  # ours only: the daemons started with this cluster's config or munge socket (pid files may be gone)
+  for p in $(pgrep -f "(slurmctld|slurmd) -f $CONF" 2>/dev/null) $(pgrep -f "munged --socket=$BASE/munge" 2>/dev/null); do
+    kill "$p" 2>/dev/null
     for _ in $(seq 20); do kill -0 "$p" 2>/dev/null || break; sleep 0.25; done
     kill -9 "$p" 2>/dev/null
   done
@@ -168,7 +180,7 @@ case "${1:-}" in
     trap 'log "up failed: tearing down"; down' ERR
     install_packages
     mkdir -p "$BASE"; seq -f "ddpn%g" 1 "$count" > "$BASE/nodes"
-    network_up; write_conf; munge_up; slurm_up
+    network_up; write_conf; munge_up; slurm_up; links_up
     trap - ERR
     echo "ready: $count nodes ($(nodes | paste -sd' ')); export SLURM_CONF=$CONF" ;;
   down)   down ;;

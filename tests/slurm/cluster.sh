@@ -48,9 +48,10 @@ CONF
   [ -f /etc/munge/munge.key ] || mungekey -c
   chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge
   chmod 400 /etc/munge/munge.key
-  pgrep -x munged >/dev/null || runuser -u munge -- munged
-  pgrep -x slurmctld >/dev/null || slurmctld
-  pgrep -x slurmd >/dev/null || slurmd
+  running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }   # by pid file: other clusters may run
+  running /run/munge/munged.pid || runuser -u munge -- munged
+  running /run/slurmctld.pid || slurmctld
+  running /run/slurmd.pid || slurmd
   for _ in $(seq 60); do sinfo -h -o %T 2>/dev/null | grep -q idle && break; sleep 1; done
   sinfo -h -o %T | grep -q idle || { echo "cluster.sh: the node did not become idle" >&2; tail -5 /var/log/slurm/*.log >&2; exit 1; }
   ;;
