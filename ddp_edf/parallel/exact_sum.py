@@ -32,7 +32,8 @@ class ExactSum:
         self.comm, self.size = comm, size
         self.blocks = -(-size // BLOCK)
         self.terms, self.count = np.zeros((0, self.blocks * BLOCK), np.float32), 0
-        self.high, self.low = np.zeros(self.blocks * BLOCK, np.float32), np.zeros(self.blocks * BLOCK, np.float32)
+        self.high, self.low, self.scaled = (np.zeros(self.blocks * BLOCK, np.float32) for _ in range(3))
+        self.total = np.zeros(self.blocks * BLOCK, np.float64)
 
     def add(self, values: np.ndarray):
         """Keep a copy of one term (the grid is known only once every rank has all of its terms)."""
@@ -63,14 +64,15 @@ class ExactSum:
         _, exponents = np.frexp(largest[:self.blocks])                  # largest < 2^e
         shifts = np.where(largest[:self.blocks] > 0, 52 - headroom - exponents, 0)
         # 2^s as float32 factors (one, or two where 2^s exceeds float32): scaling stays exact
-        first = np.repeat(np.ldexp(np.float32(1), np.minimum(shifts, 126)).astype(np.float32), BLOCK)
-        second = np.repeat(np.ldexp(np.float32(1), np.maximum(shifts - 126, 0)).astype(np.float32), BLOCK)
-        total = np.zeros(self.blocks * BLOCK, np.float64)
-        scaled = np.empty(self.blocks * BLOCK, np.float32)
+        factors = [np.repeat(np.ldexp(np.float32(1), np.minimum(shifts, 126)).astype(np.float32), BLOCK)]
+        if shifts.max() > 126:     # a block whose largest value is below 2^-74
+            factors.append(np.repeat(np.ldexp(np.float32(1), np.maximum(shifts - 126, 0)).astype(np.float32), BLOCK))
+        total, scaled = self.total, self.scaled
+        total.fill(0)
         for term in terms:
-            np.multiply(term, first, out=scaled)
-            if shifts.max() > 126:
-                scaled *= second
+            np.multiply(term, factors[0], out=scaled)
+            for factor in factors[1:]:
+                scaled *= factor
             np.rint(scaled, out=scaled)          # |q| <= 2^52 / T: an integer float32 holds exactly
             total += scaled                      # integers below 2^53: exact in any order
         self.comm.allreduce(total)               # the same integers on any number of ranks

@@ -72,7 +72,7 @@ class Trainer:
                                            for split, name in ((train, "train"), (dev, "dev"), (test, "test")))
         self.optimizer, self.schedule, self.global_batch = optimizer, schedule, global_batch
         self.micro_batches, self.nonfinite, self.max_skipped = micro_batches, nonfinite, max_skipped
-        self.chunk = chunk   # DDP: deterministic: examples per fixed chunk of a global batch
+        self.deterministic, self.chunk = deterministic, chunk   # DDP: exact sums of fixed chunks' gradients
         self.exact = ExactSum(self.comm, self.graph.num_params) if deterministic else None
         self.out, self.echo = out, echo
         self.every = {"checkpoint": checkpoint_every, "log": log_every, "eval": eval_every, "check": check_every}
@@ -92,7 +92,7 @@ class Trainer:
         self.seed = self.comm.broadcast_obj(secrets.randbits(31) if seed < 0 else seed)   # DDP: rank 0's seed
         self.step = self.skipped_steps = self.total_steps = 0
         self.stop_requested = self.stop_agreed = False
-        self.totals, self.reporter = Totals(self.exact is not None), Reporter(enabled=False)
+        self.totals, self.reporter = Totals(self.deterministic), Reporter(enabled=False)
         # DDP: a rank that waits longer than timeout_s for the others aborts the job (one process cannot wait)
         self.watchdog = Watchdog(self.comm, timeout_s if self.comm.world_size > 1 else 0)
 
@@ -103,20 +103,21 @@ class Trainer:
         False if some rank's loss was not finite: then no rank changes its parameters."""
         graph = self.graph
         pieces = rank_pieces(len(batch), self.comm.rank, self.comm.world_size,   # DDP: my shard of the batch
-                             self.micro_batches, self.chunk if self.exact else 0)
+                             self.micro_batches, self.chunk if self.deterministic else 0)
         if not pieces:
             graph.grads.fill(0)       # DDP: an empty shard (B < W, a short last batch) still joins the sum
         loss_sum = 0.0
-        for k, (lo, hi) in enumerate(pieces):   # micro-batches: their gradients add up
+        for k, (lo, hi) in enumerate(pieces):
             feed(self.inputs, self.train.batch(batch[lo:hi]))
             graph.forward()
-            graph.backward(self.loss, grad_scale=1 / len(batch), accumulate=k > 0 and not self.exact)  # DDP: 1/B
-            if self.exact:
+            accumulate = k > 0 and not self.deterministic    # chunks are kept apart, micro-batches add up
+            graph.backward(self.loss, grad_scale=1 / len(batch), accumulate=accumulate)   # DDP: 1/B_global
+            if self.deterministic:
                 self.exact.add(graph.grads)     # DDP: each chunk's gradient, summed exactly below
             errors = None if self.errors is None else self.errors.value
             loss_sum += self.totals.add(self.loss.value, errors, hi - lo)
         self.flags[:] = (not math.isfinite(loss_sum), self.stop_requested)      # DDP: my two flags
-        if self.exact:    # DDP: the same bits on any number of ranks (parallel/exact_sum.py)
+        if self.deterministic:    # DDP: the same bits on any number of ranks (parallel/exact_sum.py)
             self.exact.allreduce(graph.grads, self.flags, total_terms=-(-len(batch) // self.chunk))
         else:
             self.comm.allreduce(graph.grads_with_tail)  # DDP: ONE Allreduce: the sum over ranks of grads and flags
@@ -141,7 +142,7 @@ class Trainer:
         check_agreement(self.comm, {"fit(epochs, max_steps, resume)": (epochs, max_steps, resume)})  # DDP
         self.total_steps = min(epochs * self.steps_per_epoch, max_steps or math.inf)
         self.stop_requested = self.stop_agreed = False
-        self.totals = Totals(self.exact is not None)
+        self.totals = Totals(self.deterministic)
         with self.folder.claimed(fresh=not resume and self.step == 0) as note:   # rank 0 locks OUT
             self.reporter = Reporter(self.out, enabled=self.comm.is_root, echo=self.echo)
             try:
@@ -214,11 +215,11 @@ class Trainer:
         split = as_split(split, "evaluation", len(self.inputs), self.graph.dtype)
         with self.watchdog:
             return evaluate(self.graph, self.loss, self.errors, self.inputs, split, self.comm, self.eval_batch,
-                            on_batch=lambda: self.watchdog.kick("evaluation"), exact=self.exact is not None)
+                            on_batch=lambda: self.watchdog.kick("evaluation"), exact=self.deterministic)
 
     def _report(self, epoch: int, rate: float, with_dev: bool) -> dict:
         figures = {"train": self.totals.reduced(self.comm).figures(self.errors is not None)}  # DDP: all shards
-        self.totals = Totals(self.exact is not None)
+        self.totals = Totals(self.deterministic)
         self.reporter.record(self.step, epoch, "train", figures["train"], samples_per_s=rate,
                              lr=self.learning_rate(self.step - 1))
         line = f"step {self.step:>7}  epoch {epoch}  train {describe(figures['train'])}"
