@@ -26,7 +26,7 @@ train: venv
 test: test-serial test-mpi
 
 test-serial: venv
-	$(PY) -m pytest -q -m "not mpi and not multihost_jobs" tests
+	$(PY) -m pytest -q -m "not mpi" tests
 
 test-mpi: venv
 	@for n in $(MPI_SIZES); do \

@@ -79,8 +79,11 @@ write_conf() {
   for n in $(nodes); do mkdir -p "$BASE/spool/$n"; done
   # ip netns exec remounts /sys, hiding /sys/fs/cgroup; slurmd starts with the v1 plugin named
   echo "CgroupPlugin=cgroup/v1" > "$BASE/cgroup.conf"
+  # Job ids differ from those of earlier clusters (each gets 100), as on a real cluster: MPICH names its
+  # /dev/shm segments after the job id, and a segment left by a killed rank must not meet a new job.
   cat > "$CONF" <<CONF
 ClusterName=ddpedf
+FirstJobId=$(( $(date +%s) % 600000 * 100 + 1 ))
 SlurmctldHost=$CTL_HOST($NET.1)
 SlurmctldPort=$CTLPORT
 SlurmdPort=$SLURMDPORT
