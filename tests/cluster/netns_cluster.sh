@@ -10,9 +10,10 @@
 #   tests/cluster/netns_cluster.sh down        stop what 'up' started (by pid), remove links, namespaces,
 #                                              mounts and files; safe to run after a failed 'up'
 #   tests/cluster/netns_cluster.sh status      sinfo, and the bytes each node's link carried
+#   tests/cluster/netns_cluster.sh shape RATE  shape every link to RATE (1gbit, 500mbit, ...) or off
 #   tests/cluster/netns_cluster.sh on NODE CMD run CMD on a node (its network and hostname)
 #
-# CLUSTER_RATE=1gbit shapes each link (tbf on the bridge side: every flow between nodes passes one
+# CLUSTER_RATE=1gbit shapes each link at 'up' (tbf on the bridge side: every flow between nodes passes one
 # shaper; this kernel has no netem, so latency is what veths have).  Traffic stays on 10.211.0.0/24:
 # the namespaces have no other interface and no default route.  MPI note: with the mpich wheel,
 # inter-node data goes over the links only with MPICH_CH4_NETMOD=ofi (its default UCX transports see
@@ -56,7 +57,6 @@ network_up() {
     ip -n "$n" link set eth0 up
     ip link set "ddp-$n" master "$BRIDGE"
     ip link set "ddp-$n" up
-    if [ -n "$RATE" ]; then tc qdisc add dev "ddp-$n" root tbf rate "$RATE" burst 256kb latency 50ms; fi
     touch "$UTSDIR/$n"
     unshare --uts="$UTSDIR/$n" hostname "$n"
     mkdir -p "/etc/netns/$n"
@@ -142,6 +142,24 @@ links_up() {   # node to node, over the bridge: TCP to each other node's slurmd 
   done
 }
 
+shape() {   # RATE (e.g. 1gbit, 500mbit) or off, on every node's link
+  local rate=$1 bits
+  case "$rate" in
+    off) ;;
+    *gbit) bits=$(( ${rate%gbit} * 1000000000 )) ;;
+    *mbit) bits=$(( ${rate%mbit} * 1000000 )) ;;
+    *) echo "netns_cluster.sh: rate $rate: use off, Ngbit or Nmbit" >&2; return 2 ;;
+  esac
+  for n in $(nodes); do
+    tc qdisc del dev "ddp-$n" root 2>/dev/null || true
+    # tbf on the bridge side shapes what the node receives.  Its bucket (0.5 ms at the rate, at least
+    # 64 KiB: a veth's GSO packets) fills while the link idles and then passes at once: a small one
+    # keeps a link that rested during backward close to a real link of that rate.
+    [ "$rate" = off ] || tc qdisc add dev "ddp-$n" root tbf rate "$rate" \
+      burst $(( bits / 16000 > 65536 ? bits / 16000 : 65536 )) latency 50ms
+  done
+}
+
 status() {
   SLURM_CONF=$CONF sinfo -N || true
   for n in $(nodes); do
@@ -184,10 +202,12 @@ case "${1:-}" in
     install_packages
     mkdir -p "$BASE"; seq -f "ddpn%g" 1 "$count" > "$BASE/nodes"
     network_up; write_conf; munge_up; slurm_up; links_up
+    [ -z "$RATE" ] || shape "$RATE"
     trap - ERR
     echo "ready: $count nodes ($(nodes | paste -sd' ')); export SLURM_CONF=$CONF" ;;
   down)   down ;;
   status) status ;;
+  shape)  shape "${2:?usage: $0 shape RATE|off}" ;;
   on)     shift; on "$@" ;;
-  *)      echo "usage: $0 up [N] | down | status | on NODE CMD..." >&2; exit 2 ;;
+  *)      echo "usage: $0 up [N] | down | status | shape RATE|off | on NODE CMD..." >&2; exit 2 ;;
 esac
