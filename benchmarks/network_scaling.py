@@ -15,15 +15,17 @@ the links), which times the Allreduce of the gradient (flat, ddp_edf's), a hiera
 one Iallreduce per layer.  Models: the default MLP 784-256-10 (0.2M parameters) and 784-2048-1024-10
 (3.7M).  Results: --json (default benchmarks/results/network_scaling.json).
 
-The model, per link rate (Hockney's, for the bandwidth-optimal Allreduce MPICH uses on large data):
-    T(N) = alpha * ceil(log2 N) + m(N) / beta,    m(N) = 2 (N - 1) / N * n * c
+The model, per link rate (Hockney's, for the bandwidth-optimal Allreduce MPICH uses on large data,
+reduce-scatter then allgather by recursive halving and doubling):
+    T(N) = 2 alpha ceil(log2 N) + m(N) / beta,    m(N) = 2 (N - 1) / N * n * c
 N hosts with one rank each, n the gradient's bytes, m the bytes each host receives per reduction (c,
-the protocol's overhead, from the bytes measured on the links), alpha from the 8-byte Allreduce, beta
-the bandwidth a host's link delivered with the most hosts whose ranks each had a core of this
-machine (more hosts share the cores, and busy-polling ranks then slow the links too; a host's link
-is assumed to deliver as much with more hosts).  Weak scaling: every rank keeps 128 examples per
-step, whose forward and backward GEMMs take one core `compute` seconds at the measured sgemm rate;
-a step is compute + T(N) (no overlap), efficiency compute / (compute + T(N)).
+the protocol's overhead, from the bytes measured on the links).  Both are fitted at the most hosts
+whose ranks each had a core of the measuring machine (with more, busy-polling ranks share the cores
+with the kernel's packet processing and the links slow down; a real host is assumed to keep its
+link's rate): alpha from the 8-byte Allreduce (log2 P rounds), beta from the 3.7M model's Allreduce,
+which is bandwidth-bound.  Weak scaling: every rank keeps 128 examples per step, whose forward and
+backward GEMMs take one core `compute` seconds at the measured sgemm rate; a step is compute + T(N)
+(no overlap), efficiency compute / (compute + T(N)).
 """
 
 import argparse
@@ -93,9 +95,9 @@ def main():
     options = parser.parse_args()
     if options.refit:
         saved = json.loads(Path(options.json).read_text())
-        measured, gflops = saved["measured"], saved["sgemm_gflops"]
+        measured, gflops, cores = saved["measured"], saved["sgemm_gflops"], saved["cores"]
         rates = list(dict.fromkeys(r["rate"] for r in measured if r["rate"] != "none"))
-        return finish(measured, model_fits(measured, rates, gflops), gflops, options)
+        return finish(measured, model_fits(measured, rates, gflops, cores), gflops, cores, options)
     if os.geteuid() != 0:
         sys.exit("network_scaling: needs root (it builds network namespaces); run it with sudo")
 
@@ -121,16 +123,17 @@ def main():
     finally:
         cluster("down", check=False)
 
-    finish(measured, model_fits(measured, options.rates, gflops), gflops, options)
+    cores = os.cpu_count() or 1
+    finish(measured, model_fits(measured, options.rates, gflops, cores), gflops, cores, options)
 
 
-def finish(measured, models, gflops, options):
+def finish(measured, models, gflops, cores, options):
     report(measured, models, gflops)
-    Path(options.json).write_text(json.dumps({"machine": common.machine_summary(), "sgemm_gflops": gflops,
-                                              "per_rank_batch": PER_RANK_BATCH, "measured": measured,
-                                              "model": models}, indent=1))
+    Path(options.json).write_text(json.dumps({"machine": common.machine_summary(), "cores": cores,
+                                              "sgemm_gflops": gflops, "per_rank_batch": PER_RANK_BATCH,
+                                              "measured": measured, "model": models}, indent=1))
     if options.plot:
-        plot(measured, models, options.plot)
+        plot(measured, models, cores, options.plot)
 
 
 def compute_seconds(layers: str, gflops: float) -> float:
@@ -140,32 +143,33 @@ def compute_seconds(layers: str, gflops: float) -> float:
     return flops / (gflops * 1e9)
 
 
-def model_fits(measured, rates, gflops):
-    """Per link rate: alpha from the 8-byte Allreduce, beta from the gradient's Allreduce at the most
-    hosts (one rank each) whose ranks still have a core each here; the reduction and the weak-scaling
-    efficiency at 1..64 hosts."""
+def model_fits(measured, rates, gflops, cores):
+    """Per link rate, from the most hosts (one rank each) whose ranks each had one of the `cores`:
+    alpha from the 8-byte Allreduce (recursive doubling: log2 P rounds), beta from the widest model's
+    Allreduce (bandwidth-bound; 2 log2 P rounds); the reduction and the weak-scaling efficiency at
+    1..64 hosts."""
     fits = {}
-    most = max(r["hosts"] for r in measured if r["hosts"] <= (os.cpu_count() or 1))
+    most = max(r["hosts"] for r in measured if r["per_node"] == 1 and r["hosts"] <= cores)
+    widest_model = list(MODELS)[-1]
     for rate in rates:
         points = [r for r in measured if r["rate"] == rate and r["per_node"] == 1 and r["hosts"] > 1]
-        if not points:
+        fitted = [r for r in points if r["hosts"] == most]
+        if not fitted:
             continue
-        rounds = {id(r): math.ceil(math.log2(r["ranks"])) for r in points}
-        alpha = sum(r["seconds"]["latency"] for r in points) / sum(rounds.values())
-        widest = [r for r in points if r["hosts"] == most]
-        beta = statistics.median(r["link_bytes_per_host"]["flat"] / (r["seconds"]["flat"] - alpha * rounds[id(r)])
-                                 for r in widest)
-        entry = {"alpha_s": alpha, "beta_bytes_per_s": beta, "models": {}}
+        alpha = statistics.mean(r["seconds"]["latency"] / math.ceil(math.log2(r["ranks"])) for r in fitted)
+        wide = [r for r in fitted if r["model"] == widest_model][0]
+        rounds = 2 * math.ceil(math.log2(wide["ranks"]))
+        beta = wide["link_bytes_per_host"]["flat"] / (wide["seconds"]["flat"] - alpha * rounds)
+        entry = {"alpha_s": alpha, "beta_bytes_per_s": beta, "fitted_at_hosts": most, "models": {}}
         for model, layers in MODELS.items():
-            at_most = [r for r in widest if r["model"] == model]
-            if not at_most:
-                continue
-            n = at_most[0]["bytes"]
-            c = at_most[0]["link_bytes_per_host"]["flat"] / (2 * (most - 1) / most * n)   # protocol overhead
+            at_most = [r for r in fitted if r["model"] == model][0]
+            n = at_most["bytes"]
+            c = at_most["link_bytes_per_host"]["flat"] / (2 * (most - 1) / most * n)   # protocol overhead
             step = compute_seconds(layers, gflops)
             rows = []
             for hosts in (1, 2, 4, 8, 16, 32, 64):
-                reduction = 0.0 if hosts == 1 else alpha * math.ceil(math.log2(hosts)) + 2 * (hosts - 1) / hosts * n * c / beta
+                reduction = 0.0 if hosts == 1 else \
+                    2 * alpha * math.ceil(math.log2(hosts)) + 2 * (hosts - 1) / hosts * n * c / beta
                 seen = [r["seconds"]["flat"] for r in points if r["model"] == model and r["hosts"] == hosts]
                 rows.append({"hosts": hosts, "reduction_s": reduction, "measured_s": seen[0] if seen else None,
                              "step_s": step + reduction, "efficiency": step / (step + reduction)})
@@ -196,7 +200,7 @@ def report(measured, models, gflops):
                           f"{row['step_s'] * 1e3:.2f} | {row['efficiency']:.2f} |")
 
 
-def plot(measured, models, path):
+def plot(measured, models, cores, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -212,7 +216,7 @@ def plot(measured, models, path):
                       color=colours.get(rate), label=f"model, {rate}")
             points = [r for r in measured if r["rate"] == rate and r["model"] == model and r["per_node"] == 1]
             for shared in (False, True):     # hollow: more ranks than this machine's cores
-                chosen = [r for r in points if (r["ranks"] > (os.cpu_count() or 1)) == shared]
+                chosen = [r for r in points if (r["ranks"] > cores) == shared]
                 axis.plot([r["hosts"] for r in chosen], [r["seconds"]["flat"] * 1e3 for r in chosen], "o",
                           color=colours.get(rate), fillstyle="none" if shared else "full",
                           label=f"measured, {rate}" + (" (ranks share cores)" if shared else ""))

@@ -1,6 +1,6 @@
 #!/bin/bash
-# ddp_edf as a PBS Pro / OpenPBS job (an example: there is no PBS here, so unlike launch/slurm.sbatch
-# this script has not been run on a real scheduler).
+# ddp_edf as a PBS Pro / OpenPBS job (an example: unlike launch/slurm.sbatch, this script is not
+# tested on a real scheduler).
 #
 # Usage:  qsub -v CONFIG=configs/fashion_mlp.toml,TRAIN_ARGS="--set train.epochs=10" launch/pbs.sh
 # Environment: CONFIG (default configs/digits_mlp.toml), TRAIN_ARGS, OUT (default runs/pbs-<job id>),

@@ -38,6 +38,7 @@ layers = [(i, j) for i, j in zip(widths[:-1], widths[1:])]
 sizes = [i * j + j for i, j in layers]                          # W and b of each Affine
 gradient = np.ones(sum(sizes) + 2, np.float32)                  # + ddp_edf's 2 flag slots
 L = host.Get_size()
+assert len(set(comm.allgather(L))) == 1, "the hierarchical reduction needs as many ranks on every host"
 # Backward of layer k: dW = x^T dy (2 B I J FLOPs), and dx = dy W^T (the same) except for the first layer
 backward_s = [(2 if k else 1) * 2 * options.batch * i * j / (options.gflops * 1e9) for k, (i, j) in enumerate(layers)]
 
@@ -100,10 +101,12 @@ def step_overlapped():
 
 
 def timed(call):
-    """Median over reps of the slowest rank's time; bytes into this host per call."""
+    """Median over reps of the slowest rank's time; bytes into this host per call (with the
+    barrier's and the timing's few bytes)."""
     times = []
     before = received()
     for _ in range(options.reps):
+        gradient[:] = 1                             # in place, a sum would grow to inf over the reps
         comm.Barrier()
         start = time.perf_counter()
         call()

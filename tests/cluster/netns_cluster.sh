@@ -14,7 +14,7 @@
 #   tests/cluster/netns_cluster.sh on NODE CMD run CMD on a node (its network and hostname)
 #
 # CLUSTER_RATE=1gbit shapes each link at 'up' (tbf on the bridge side: every flow between nodes passes one
-# shaper; this kernel has no netem, so latency is what veths have).  Traffic stays on 10.211.0.0/24:
+# shaper; tbf shapes the rate only, so latency is what veths have).  Traffic stays on 10.211.0.0/24:
 # the namespaces have no other interface and no default route.  MPI note: with the mpich wheel,
 # inter-node data goes over the links only with MPICH_CH4_NETMOD=ofi (its default UCX transports see
 # one machine and use shared memory); the tests set it for jobs on several nodes and count the bytes.
