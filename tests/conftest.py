@@ -27,7 +27,7 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session", autouse=True)
 def no_shared_memory_left_behind():
-    """Ranks the tests kill leave MPICH's segments in /dev/shm (2 MB each); remove those this session
+    """Ranks the tests kill leave MPICH's segments in /dev/shm (2 MB each); remove those this test run
     made once no process maps them, so repeated runs do not fill the machine's shared memory."""
     shm = Path("/dev/shm")
     before = set(shm.glob("mpich_*")) if shm.is_dir() else set()
