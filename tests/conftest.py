@@ -16,23 +16,25 @@ def isolated_data(tmp_path, monkeypatch):
     return tmp_path
 
 
+SHM = Path("/dev/shm")
+SEGMENTS_BEFORE = pytest.StashKey[set]()
+
+
 def pytest_configure(config):
-    """Under mpiexec every rank runs pytest: give each its own temporary root, so they never clean up each other's."""
+    """Under mpiexec every rank runs pytest: give each its own temporary root, so they never clean up each other's.
+    Note the MPICH segments already in /dev/shm (see pytest_unconfigure)."""
     import os
     import tempfile
     rank = os.environ.get("PMI_RANK") or os.environ.get("OMPI_COMM_WORLD_RANK")
     if rank is not None and not config.option.basetemp:
         config.option.basetemp = tempfile.mkdtemp(prefix=f"pytest-rank{rank}-")
+    config.stash[SEGMENTS_BEFORE] = set(SHM.glob("mpich_*")) if SHM.is_dir() else set()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def no_shared_memory_left_behind():
+def pytest_unconfigure(config):
     """Ranks the tests kill leave MPICH's segments in /dev/shm (2 MB each); remove those this test run
     made once no process maps them, so repeated runs do not fill the machine's shared memory."""
-    shm = Path("/dev/shm")
-    before = set(shm.glob("mpich_*")) if shm.is_dir() else set()
-    yield
-    if not shm.is_dir():
+    if not SHM.is_dir():
         return
     mapped = set()
     for maps in Path("/proc").glob("[0-9]*/maps"):
@@ -40,6 +42,6 @@ def no_shared_memory_left_behind():
             mapped.update(line.split()[-1] for line in maps.read_text().splitlines() if "/dev/shm/mpich_" in line)
         except OSError:
             continue     # a process that ended, or one not ours to read
-    for segment in set(shm.glob("mpich_*")) - before:
+    for segment in set(SHM.glob("mpich_*")) - config.stash.get(SEGMENTS_BEFORE, set()):
         if str(segment) not in mapped:
             segment.unlink(missing_ok=True)
