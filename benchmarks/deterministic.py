@@ -71,12 +71,15 @@ def gradient(graph, loss, x, y, images, labels, scale):
 
 
 def accuracy(steps, batch=256, chunk=32):
+    from threadpoolctl import threadpool_limits
+    from ddp_edf import ExactSum
     from ddp_edf.parallel.comm import SerialComm
-    from ddp_edf.parallel.exact_sum import ExactSum
     initial = common.initial_parameters()
     g32, loss32, x32, y32 = mlp(initial, np.float32)
     g64, loss64, x64, y64 = mlp(initial, np.float64)
-    exact = ExactSum(SerialComm(), g32.num_params)
+    with threadpool_limits(limits=1, user_api="blas"):      # what the exact sum requires
+        exact = ExactSum(SerialComm(), chunk=chunk)
+    summed = exact.gradient_buffer(g32.num_params)
     images, labels = common.load_split("train")
     batches = common.global_batches(len(labels), batch)
     errors = {"default": [], "deterministic": [], "float32 sum of the chunks": [], "exact sum of the chunks": []}
@@ -93,11 +96,12 @@ def accuracy(steps, batch=256, chunk=32):
         chunks = [gradient(g32, loss32, x32, y32, images[index[c:c + chunk]], labels[index[c:c + chunk]], 1 / batch)
                   for c in range(0, batch, chunk)]
         combined = np.zeros(g32.num_params, np.float32)
+        exact.pieces(batch)                               # this batch's chunks: all of them, on one rank
         for term in chunks:
-            exact.add(term)
+            summed[:] = term
+            exact.add(summed, 0.0, 0.0)
             combined += term
-        summed = np.empty(g32.num_params, np.float32)
-        exact.allreduce(summed, np.zeros(2), total_terms=len(chunks))
+        exact.reduce(stop=False)                          # summed <- the exact sum of the chunks
         chunks_exact = np.sum(np.array(chunks, np.float64), axis=0)
         errors["default"].append(relative(halves[0] + halves[1], reference))
         errors["deterministic"].append(relative(summed, reference))

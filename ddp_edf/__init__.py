@@ -2,29 +2,34 @@
 
     engine/     graph, ops, gradcheck, models, optimizers      (knows nothing of MPI or files)
     data/       IDX datasets, splits, the epoch order          (knows nothing of graphs or MPI)
-    parallel/   communicators, agreement checks, faults        (knows nothing of ops)
-    training/   the Trainer, evaluation, checkpoints, reports  (uses all of the above)
-    train.py evaluate.py plot.py                               the command lines
+    parallel/   communicators, reducers, agreement, faults     (knows nothing of ops)
+    training/   the data-parallel step, the Trainer around it  (uses all of the above)
+    config.py build.py train.py evaluate.py plot.py            the command lines
 
 Importing ddp_edf imports neither mpi4py nor anything else with side effects.
 """
 
+from .data.sampler import batches
 from .engine.gradcheck import gradcheck
 from .engine.graph import CompNode, Graph, Input, Parameter, ShapeError
 from .engine.models import Model, build_model, lecture_mlp, logistic_regression, mlp
 from .engine.ops import Add, Affine, ErrorRate, LogLoss, Relu, Sigmoid, Softmax, SoftmaxCrossEntropy, Tanh
 from .engine.optim import SGD, Adam, Schedule
-from .parallel.faults import communicator
-from .training.checkpoint import CheckpointError
-from .training.errors import Preempted, TrainingError
-from .training.run_folder import RunFolderError
+from .errors import OptionError
+from .parallel.faults import communicator, stop_signals
+from .parallel.reducers import Allreduce, ExactSum
+from .training.data_parallel import DataParallel, StepResult
+from .training.errors import CheckpointError, Preempted, RunFolderError, TrainingError
+from .training.options import CheckpointOptions, DistOptions, EvalOptions, LogOptions, Options, TrainOptions
 from .training.trainer import Trainer
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
-    "Adam", "Add", "Affine", "CheckpointError", "CompNode", "ErrorRate", "Graph", "Input", "LogLoss", "Model",
-    "Parameter", "Preempted", "Relu", "RunFolderError", "SGD", "Schedule", "ShapeError", "Sigmoid", "Softmax",
-    "SoftmaxCrossEntropy", "Tanh", "Trainer", "TrainingError", "build_model", "communicator", "gradcheck",
-    "lecture_mlp", "logistic_regression", "mlp",
+    "Adam", "Add", "Affine", "Allreduce", "CheckpointError", "CheckpointOptions", "CompNode", "DataParallel",
+    "DistOptions", "ErrorRate", "EvalOptions", "ExactSum", "Graph", "Input", "LogLoss", "LogOptions", "Model",
+    "OptionError", "Options", "Parameter", "Preempted", "Relu", "RunFolderError", "SGD", "Schedule", "ShapeError",
+    "Sigmoid", "Softmax", "SoftmaxCrossEntropy", "StepResult", "Tanh", "TrainOptions", "Trainer", "TrainingError",
+    "batches", "build_model", "communicator", "gradcheck", "lecture_mlp", "logistic_regression", "mlp",
+    "stop_signals",
 ]

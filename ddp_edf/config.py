@@ -1,7 +1,8 @@
-"""The command line's typed configuration: dataclasses whose defaults are configs/digits_mlp.toml.
-
-A TOML file overrides some keys, ``--set section.key=value`` overrides more; anything unknown,
-mistyped or out of range is a ConfigError naming the key, the value and what is allowed.
+"""The command line's configuration: the Trainer's options (training/options.py) plus what to train on,
+what model, which optimizer.  Defaults are configs/digits_mlp.toml; a TOML file overrides some keys,
+``--set section.key=value`` more.  This module maps TOML onto the constructors, which check their values
+(OptionError), and names the key: an unknown key, a wrong type, a value out of range, or a key the
+chosen model, optimizer or schedule does not use (given other than its default) is a ConfigError.
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ import sys
 import typing
 from dataclasses import dataclass, field
 
+from .engine.models import check_model
+from .engine.optim import SGD, Adam, Schedule
+from .errors import OptionError
+from .parallel.watchdog import check_timeout
+from .training.options import DistOptions, Options, option
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -27,123 +34,105 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    dataset: str = "digits"       # digits (built in) | mnist | fashion-mnist | idx:<folder with the four IDX files>
-    dir: str = ""                 # the folder holding the dataset's files (mnist, fashion-mnist; else searched)
-    download: bool = True         # fetch mnist / fashion-mnist into the cache when not found
-    dev_size: int = -1            # dev = the last N training images (-1: 300 digits, 10000 (fashion-)mnist, 1/6 idx:)
-    train_limit: int = 0          # keep only the first N training examples (0 = all)
+    dataset: str = option("digits", "digits (built in) | mnist | fashion-mnist | idx:<folder with the four IDX files>")
+    dir: str = option("", "the folder holding the dataset's files (mnist, fashion-mnist; else searched)")
+    download: bool = option(True, "fetch mnist / fashion-mnist into the cache when not found")
+    dev_size: int = option(-1, "dev = the last N training images (-1: 300 digits, 10000 (fashion-)mnist, 1/6 idx:)")
+    train_limit: int = option(0, "keep only the first N training examples (0 = all)")
+
+    def __post_init__(self):
+        if not self.dataset:
+            raise OptionError("data", "dataset", "", "is empty: use digits, mnist, fashion-mnist or idx:<folder>")
+        if self.dataset.startswith("idx:") and self.dir:
+            raise OptionError("data", "dir", self.dir, f"is not used with data.dataset = {self.dataset!r}, which "
+                                                       f"names its folder itself: drop data.dir")
+        for name, low in (("dev_size", -1), ("train_limit", 0)):
+            if getattr(self, name) < low:
+                raise OptionError("data", name, getattr(self, name), f"must be >= {low}")
 
 
 @dataclass
 class ModelConfig:
-    kind: str = "mlp"             # logreg | mlp | lecture_mlp
-    hidden: list = field(default_factory=lambda: [256])   # hidden widths (mlp; lecture_mlp takes one)
-    activation: str = "relu"      # relu | sigmoid | tanh (mlp)
-    init_seed: int = 0            # seed of the parameter initialisation
+    kind: str = option("mlp", "logreg | mlp | lecture_mlp")
+    hidden: list = option((256,), "hidden widths (mlp; lecture_mlp takes one)")
+    activation: str = option("relu", "relu | sigmoid | tanh (mlp)")
+    init_seed: int = option(0, "seed of the parameter initialisation")
+
+    def __post_init__(self):
+        self.hidden = list(self.hidden)
+        check_model(self.kind, self.hidden, self.activation, self.init_seed)
 
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"             # sgd | adam
-    lr: float = 0.1               # base learning rate eta
-    momentum: float = 0.9         # sgd momentum mu (0 = the lecture's plain SGD)
-    nesterov: bool = False        # sgd: Nesterov momentum
-    weight_decay: float = 0.0     # L2 coefficient added to the gradient
-    schedule: str = "constant"    # constant | step | cosine
-    warmup_steps: int = 0         # linear warm-up steps (Goyal et al. 2017)
-    step_size: int = 0            # step schedule: decay every step_size steps
-    gamma: float = 0.1            # step schedule: decay factor
-    min_lr: float = 0.0           # cosine schedule: final learning rate
-    beta1: float = 0.9            # adam
-    beta2: float = 0.999          # adam
-    eps: float = 1e-8             # adam
+    name: str = option("sgd", "sgd | adam")
+    lr: float = option(0.1, "base learning rate eta")
+    momentum: float = option(0.9, "sgd momentum mu (0 = the lecture's plain SGD)")
+    nesterov: bool = option(False, "sgd: Nesterov momentum")
+    weight_decay: float = option(0.0, "L2 coefficient added to the gradient")
+    schedule: str = option("constant", "constant | step | cosine")
+    warmup_steps: int = option(0, "linear warm-up steps (Goyal et al. 2017)")
+    step_size: int = option(0, "step schedule: decay every step_size steps")
+    gamma: float = option(0.1, "step schedule: decay factor")
+    min_lr: float = option(0.0, "cosine schedule: final learning rate")
+    beta1: float = option(0.9, "adam")
+    beta2: float = option(0.999, "adam")
+    eps: float = option(1e-8, "adam")
+
+    def __post_init__(self):
+        optimizer_of(self)
 
 
 @dataclass
-class TrainConfig:
-    global_batch: int = 128       # examples per step, summed over all ranks
-    epochs: int = 10              # passes over the training set
-    max_steps: int = 0            # stop after this many steps (0 = no cap)
-    seed: int = -1                # data-order seed; -1 = draw one (logged, so the run can be repeated)
-    drop_last: bool = False       # drop the short last batch of each epoch
-    micro_batches: int = 1        # split each rank's shard into this many accumulated micro-batches (<= the batch)
+class DistConfig(DistOptions):
+    timeout_s: float = option(300.0, "watchdog: a rank waiting this long in a collective ends the job (0 = off)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_timeout("dist", self.timeout_s)
 
 
 @dataclass
-class EvalConfig:
-    every: int = 0                # evaluate dev every N steps (0 = at the end of every epoch)
-    batch: int = 1000             # examples per evaluation forward pass, per rank
-
-
-@dataclass
-class LogConfig:
-    every: int = 100              # steps between training-loss log lines
-
-
-@dataclass
-class DistConfig:
-    check_every: int = 1000       # steps between parameter checksums across ranks (0 = only at the end)
-    timeout_s: float = 300.0      # watchdog (several ranks): abort when a rank waits this long (0 = off)
-    nonfinite: str = "stop"       # non-finite loss: stop | skip (the step, on every rank)
-    max_skipped: float = 0.1      # skip: fail when more than this fraction of the steps was skipped
-    deterministic: bool = False   # the same bits on any number of ranks (exact sums of fixed chunks)
-    chunk: int = 32               # deterministic: examples per fixed chunk of a global batch
-
-
-@dataclass
-class CheckpointConfig:
-    every_steps: int = 0          # write OUT/checkpoints/step-N.npz every N steps (0 = only at the end)
-    keep: int = 3                 # how many of the newest checkpoints to keep
-
-
-@dataclass
-class Config:
+class Config(Options):
+    dist: DistConfig = field(default_factory=DistConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    dist: DistConfig = field(default_factory=DistConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
-CHOICES = {
-    "model.kind": ("logreg", "mlp", "lecture_mlp"),
-    "model.activation": ("relu", "sigmoid", "tanh"),
-    "optim.name": ("sgd", "adam"),
-    "optim.schedule": ("constant", "step", "cosine"),
-    "dist.nonfinite": ("stop", "skip"),
-}
-# key -> the least value allowed, for the numbers a minimum describes
-AT_LEAST = {"data.dev_size": -1, "data.train_limit": 0, "optim.weight_decay": 0, "optim.warmup_steps": 0,
-            "optim.step_size": 0, "optim.min_lr": 0, "train.global_batch": 1, "train.epochs": 1, "train.max_steps": 0,
-            "train.seed": -1, "train.micro_batches": 1, "eval.every": 0, "eval.batch": 1, "log.every": 1,
-            "dist.check_every": 0, "dist.chunk": 1, "checkpoint.every_steps": 0, "checkpoint.keep": 1}
-# key -> (test, what is allowed), for the others
-RANGES = {
-    "model.hidden": (lambda v: all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= 1_000_000 for w in v),
-                     "a list of integer widths in [1, 1000000]"),
-    "optim.lr": (lambda v: v > 0, "> 0"),
-    "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "optim.gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "optim.beta1": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "optim.beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "optim.eps": (lambda v: v > 0, "> 0"),
-    "dist.timeout_s": (lambda v: v == 0 or v >= 1, "0 (off) or at least 1 second"),
-    "dist.max_skipped": (lambda v: 0 <= v < 1, "a fraction in [0, 1)"),
-    **{key: ((lambda low: lambda v: v >= low)(low), f">= {low}") for key, low in AT_LEAST.items()},
+SECTIONS = ("data", "model", "optim", "train", "eval", "log", "dist", "checkpoint")
+# Constructor argument names that are config keys by another name
+KEY_OF = {("optim", "kind"): "schedule", ("model", "seed"): "init_seed"}
+# key -> (the key that chooses, the choices that use it): any other choice must leave the key at its default
+USED_ONLY_WITH = {
+    "model.hidden": ("model.kind", ("mlp", "lecture_mlp")), "model.activation": ("model.kind", ("mlp",)),
+    "optim.momentum": ("optim.name", ("sgd",)), "optim.nesterov": ("optim.name", ("sgd",)),
+    "optim.beta1": ("optim.name", ("adam",)), "optim.beta2": ("optim.name", ("adam",)),
+    "optim.eps": ("optim.name", ("adam",)), "optim.step_size": ("optim.schedule", ("step",)),
+    "optim.gamma": ("optim.schedule", ("step",)), "optim.min_lr": ("optim.schedule", ("cosine",)),
+    "dist.chunk": ("dist.deterministic", (True,)), "dist.max_skipped": ("dist.nonfinite", ("skip",)),
 }
 
 
-def sections() -> dict[str, type]:
+def optimizer_of(o: OptimConfig):
+    """The optimizer and schedule ``o`` describes (their constructors check the values)."""
+    optimizer = (SGD(o.lr, o.momentum, o.nesterov, o.weight_decay) if o.name == "sgd" else
+                 Adam(o.lr, (o.beta1, o.beta2), o.eps, o.weight_decay) if o.name == "adam" else None)
+    if optimizer is None:
+        raise OptionError("optim", "name", o.name, "is not one of ['sgd', 'adam']")
+    schedule = Schedule(o.schedule, o.warmup_steps, o.step_size, o.gamma, o.min_lr)
+    schedule.check(o.lr)
+    return optimizer, schedule
+
+
+def section_classes() -> dict[str, type]:
     """section name -> its dataclass, e.g. 'optim' -> OptimConfig."""
     hints = typing.get_type_hints(Config)
-    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+    return {name: hints[name] for name in SECTIONS}
 
 
 def all_keys() -> list[str]:
-    return [f"{name}.{f.name}" for name, cls in sections().items() for f in dataclasses.fields(cls)]
+    return [f"{name}.{f.name}" for name, cls in section_classes().items() for f in dataclasses.fields(cls)]
 
 
 def _suggest(key: str) -> str:
@@ -159,37 +148,61 @@ def _coerce(key: str, value, expected):
         if not math.isfinite(value):
             raise ConfigError(f"{key} = {value!r} must be a finite number")
         return float(value)
-    if expected is list:
-        if isinstance(value, list):
-            return value
-        if isinstance(value, int) and not isinstance(value, bool):
-            return [value]
-    elif isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+    if expected is list and isinstance(value, (list, int)) and not isinstance(value, bool):
+        return value if isinstance(value, list) else [value]
+    if expected is not list and isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
         return value
     shown = str(value) if isinstance(value, (datetime.date, datetime.time)) else repr(value)
     hint = f' (text: quote it, {key.split(".")[1]} = "{value}")' if expected is str else ""
     raise ConfigError(f"{key} = {shown} has the wrong type: expected {expected.__name__}{hint}")
 
 
-def apply(config: Config, key: str, value):
-    if key.count(".") != 1:
-        raise ConfigError(f"'{key}' is not a config key: keys look like section.key{_suggest(key)}")
-    section, name = key.split(".")
-    section_cls = sections().get(section)
-    if section_cls is None or name not in {f.name for f in dataclasses.fields(section_cls)}:
-        raise ConfigError(f"unknown config key '{key}'{_suggest(key)}")
-    setattr(getattr(config, section), name, _coerce(key, value, typing.get_type_hints(section_cls)[name]))
-
-
-def from_dict(tree: dict, config: Config | None = None, source: str = "config") -> Config:
-    config = config or Config()
+def from_dict(tree: dict, source: str = "config", overrides=()) -> Config:
+    """A Config from {section: {key: value}} and then ``overrides`` [(key, value)], each value checked by
+    the constructor of its section; a ConfigError names the key."""
+    given: dict[str, dict] = {name: {} for name in SECTIONS}
     for section, values in tree.items():
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: '{section}' must be a [section] table; "
                               f"keys look like [section] key = value{_suggest(section + '.x')}")
         for name, value in values.items():
-            apply(config, f"{section}.{name}", value)
-    return config
+            _set(given, f"{section}.{name}", value)
+    for key, value in overrides:
+        _set(given, key, value)
+    sections = {}
+    for name, cls in section_classes().items():
+        try:
+            sections[name] = cls(**given[name])
+        except OptionError as error:
+            raise config_error(name, error) from None
+    try:
+        return Config(**sections)
+    except OptionError as error:       # a rule across sections: its name is the key
+        raise ConfigError(f"{error.name} = {error.value!r} {error.allowed}") from None
+
+
+def _set(given: dict, key: str, value):
+    section, _, name = key.partition(".")
+    cls = section_classes().get(section)
+    if cls is None or "." in name or name not in {f.name for f in dataclasses.fields(cls)}:
+        raise ConfigError(f"unknown config key '{key}'{_suggest(key)}" if key.count(".") == 1 else
+                          f"'{key}' is not a config key: keys look like section.key{_suggest(key)}")
+    given[section][name] = _coerce(key, value, typing.get_type_hints(cls)[name])
+
+
+def config_error(section: str, error: OptionError) -> ConfigError:
+    """The constructor's OptionError, told with the config key."""
+    key = f"{section}.{KEY_OF.get((section, error.name), error.name)}"
+    return ConfigError(f"{key} = {error.value!r} {error.allowed}")
+
+
+def check_used(config: Config):
+    """Refuse a key the chosen model, optimizer, schedule or mode does not use, given other than its default."""
+    defaults = Config()
+    for key, (chooser, users) in USED_ONLY_WITH.items():
+        if get(config, chooser) not in users and get(config, key) != get(defaults, key):
+            raise ConfigError(f"{key} = {get(config, key)!r} is not used with {chooser} = {get(config, chooser)!r}: "
+                              f"drop it (it is used with {chooser} = {' or '.join(map(repr, users))})")
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -199,8 +212,8 @@ def parse_override(text: str) -> tuple[str, object]:
         raise ConfigError(f"--set '{text}' must look like section.key=value")
     key, raw = (part.strip() for part in text.split("=", 1))
     section, _, name = key.partition(".")
-    section_cls = sections().get(section)
-    if section_cls and typing.get_type_hints(section_cls).get(name) is str and not raw.startswith(('"', "'")):
+    cls = section_classes().get(section)
+    if cls and typing.get_type_hints(cls).get(name) is str and not raw.startswith(('"', "'")):
         return key, raw
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
@@ -228,42 +241,9 @@ def read_toml(path) -> dict:
 
 
 def load_config(path=None, overrides=()) -> Config:
-    config = Config()
-    if path:
-        from_dict(read_toml(path), config, str(path))
-    for text in overrides:
-        apply(config, *parse_override(text))
-    validate(config)
+    config = from_dict(read_toml(path) if path else {}, str(path or "config"), [parse_override(t) for t in overrides])
+    check_used(config)
     return config
-
-
-def validate(config: Config):
-    for key, allowed in CHOICES.items():
-        value = get(config, key)
-        if value not in allowed:
-            raise ConfigError(f"{key} = {value!r} is not allowed: choose one of {list(allowed)}")
-    for key, (test, allowed) in RANGES.items():
-        value = get(config, key)
-        if not test(value):
-            raise ConfigError(f"{key} = {value!r} is out of range: must be {allowed}")
-    if config.optim.schedule == "step" and config.optim.step_size < 1:
-        raise ConfigError("optim.schedule = 'step' needs optim.step_size >= 1")
-    if config.train.micro_batches > config.train.global_batch:
-        raise ConfigError(f"train.micro_batches = {config.train.micro_batches} > train.global_batch = "
-                          f"{config.train.global_batch}: a micro-batch needs an example; give at most the batch")
-    if config.optim.nesterov and config.optim.momentum == 0:
-        raise ConfigError("optim.nesterov = true needs optim.momentum > 0")
-    if config.optim.schedule == "cosine" and config.optim.min_lr > config.optim.lr:
-        raise ConfigError(f"optim.min_lr = {config.optim.min_lr} > optim.lr = {config.optim.lr}: a cosine schedule "
-                          f"would climb; give min_lr <= lr")
-    if config.model.kind == "lecture_mlp" and len(config.model.hidden) != 1:
-        raise ConfigError(f"model.kind = 'lecture_mlp' has one hidden layer: model.hidden = {config.model.hidden} "
-                          f"must hold one width")
-    if not config.data.dataset:
-        raise ConfigError("data.dataset is empty: use digits, mnist, fashion-mnist or idx:<folder>")
-    if config.data.dataset.startswith("idx:") and config.data.dir:
-        raise ConfigError(f"data.dir = {config.data.dir!r} is not used with data.dataset = {config.data.dataset!r}, "
-                          f"which names its folder itself: drop data.dir")
 
 
 def get(config: Config, key: str):
@@ -272,7 +252,7 @@ def get(config: Config, key: str):
 
 
 def to_dict(config: Config) -> dict:
-    return dataclasses.asdict(config)
+    return {name: dataclasses.asdict(getattr(config, name)) for name in SECTIONS}
 
 
 def to_toml(config: Config) -> str:
@@ -287,14 +267,7 @@ def _toml_value(value) -> str:
 
 
 def describe_keys() -> str:
-    """Every key with its default and meaning (the comments above), for --help."""
-    import inspect
-    lines = []
-    defaults = to_dict(Config())
-    for section, cls in sections().items():
-        source = inspect.getsource(cls).splitlines()
-        for f in dataclasses.fields(cls):
-            meaning = next((line.split("#", 1)[1].strip() for line in source
-                            if line.strip().startswith(f"{f.name}:") and "#" in line), "")
-            lines.append(f"  {section}.{f.name} = {_toml_value(defaults[section][f.name])}  -- {meaning}")
-    return "\n".join(lines)
+    """Every key with its default and meaning, for --help."""
+    return "\n".join(f"  {section}.{f.name} = {_toml_value(get(Config(), f'{section}.{f.name}'))}  -- "
+                     f"{f.metadata.get('help', '')}" for section, cls in section_classes().items()
+                     for f in dataclasses.fields(cls))

@@ -1,34 +1,36 @@
 """python -m ddp_edf.train [--config PATH] [--set section.key=value ...] [--out DIR] [--init PATH] [--resume auto|PATH]
 
 Runs in one process, or on every rank under mpirun / mpiexec / srun (detected; --dist forces).
-A thin layer: it builds the model, the data and the optimizer a config describes and hands them to
-the same Trainer a Python script uses (ddp_edf.Trainer).
+A thin layer: it builds the data, model and optimizer a config describes (ddp_edf/build.py) and hands
+them to the same Trainer a Python script uses, with the config as its options.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError, describe_keys, load_config, to_dict, to_toml
-from .data import DataError, load_dataset, prepare_dataset
-from .engine.models import build_model
-from .engine.optim import SGD, Adam, Schedule
-from .parallel.data_parallel import OutOfSyncError, check_agreement, root_decides
-from .parallel.faults import WatchdogFired, launch
-from .training.checkpoint import CheckpointError, write_atomically
-from .training.errors import EXIT_PREEMPTED, Preempted, TrainingError
-from .training.run_folder import RunFolderError, what_run
+from .build import dataset_of, model_of
+from .config import ConfigError, describe_keys, load_config, optimizer_of, to_toml
+from .data import DataError
+from .errors import OptionError
+from .parallel.agreement import OutOfSyncError, check_agreement, root_decides
+from .parallel.faults import launch
+from .parallel.threads import configure_blas_threads
+from .data.atomic import write_atomically
+from .training.errors import EXIT_PREEMPTED, CheckpointError, Preempted, RunFolderError, TrainingError, disk_error
+from .training.run_folder import what_run
 from .training.trainer import Trainer
 
-EXPECTED_ERRORS = (ConfigError, DataError, TrainingError, OutOfSyncError, CheckpointError, RunFolderError,
-                   WatchdogFired)
 # Raised alike on every rank (rank 0 decided, or all saw the same): printed once, by rank 0
 # (by another rank too if rank 0 did not meet it: see run_or_abort).
-COLLECTIVE_ERRORS = (ConfigError, DataError, TrainingError, OutOfSyncError, CheckpointError, RunFolderError)
+COLLECTIVE_ERRORS = (ConfigError, DataError, TrainingError, OutOfSyncError, CheckpointError, RunFolderError,
+                     OptionError)
+EXPECTED_ERRORS = COLLECTIVE_ERRORS
 
 
 def parse_args(argv):
@@ -62,69 +64,45 @@ def choose_out_dir(requested, config_path, comm) -> str:
     return comm.broadcast_obj(out)
 
 
-def build_optimizer(o):
-    if o.name == "sgd":
-        return SGD(o.lr, o.momentum, o.nesterov, o.weight_decay)
-    return Adam(o.lr, (o.beta1, o.beta2), o.eps, o.weight_decay)
-
-
-def build_trainer(config, comm, out=None, echo=True) -> Trainer:
-    """The model, data and optimizer ``config`` describes, handed to the Trainer."""
-    data, m, o, t = config.data, config.model, config.optim, config.train
-    if comm.is_root:   # DDP: one rank downloads and decompresses while the others wait
-        prepare_dataset(data.dataset, data.dir, data.download)
-    comm.barrier()
-    dataset = load_dataset(data.dataset, data.dir, False, data.dev_size, data.train_limit)
-    try:
-        model = build_model(m.kind, dataset.num_features, dataset.num_classes, m.hidden, m.activation, m.init_seed)
-        return Trainer(
-            model.loss, (model.x, model.y), dataset.train, errors=model.errors, dev=dataset.dev, test=dataset.test,
-            optimizer=build_optimizer(o), schedule=Schedule(o.schedule, o.warmup_steps, o.step_size, o.gamma, o.min_lr),
-            global_batch=t.global_batch, micro_batches=t.micro_batches, drop_last=t.drop_last, seed=t.seed,
-            out=out, checkpoint_every=config.checkpoint.every_steps, keep_checkpoints=config.checkpoint.keep,
-            log_every=config.log.every, eval_every=config.eval.every, eval_batch=config.eval.batch,
-            check_every=config.dist.check_every, timeout_s=config.dist.timeout_s, nonfinite=config.dist.nonfinite,
-            max_skipped=config.dist.max_skipped, deterministic=config.dist.deterministic, chunk=config.dist.chunk,
-            comm=comm, echo=echo, run_config=to_dict(config),
-            trajectory={"model": to_dict(config)["model"], "data.dataset": data.dataset,
-                        "data.dev_size": len(dataset.dev), "data.train_limit": data.train_limit})
-    except MemoryError:
-        raise ConfigError(f"not enough memory for the model (model.hidden = {m.hidden} on {dataset.num_features} "
-                          f"inputs): give smaller widths") from None
-
-
 def write_config(out, config, seed, comm):
-    """OUT/config.toml: the resolved config with the data-order seed actually used (rank 0)."""
-    config.train.seed = seed
-    if comm.is_root:
-        os.makedirs(out, exist_ok=True)
-        write_atomically(Path(out) / "config.toml", lambda handle: handle.write(to_toml(config).encode()))
+    """OUT/config.toml: the resolved config with the data-order seed actually used (rank 0 writes)."""
+    text = to_toml(dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))).encode()
+    path = Path(out) / "config.toml"
+
+    def write():
+        try:
+            write_atomically(path, lambda handle: handle.write(text))
+        except OSError as error:
+            raise disk_error(error, path) from None
+    root_decides(comm, write)
+
+
+def build_trainer(config, comm, out=None) -> Trainer:
+    """The Trainer of ``config``: its data, model, optimizer and schedule, with the config as its options."""
+    comm.set_timeout(config.dist.timeout_s)
+    comm.blas_note = configure_blas_threads(comm.local_size, 1 if config.dist.deterministic else 0)
+    dataset = dataset_of(config, comm)
+    model = model_of(config, dataset)
+    optimizer, schedule = optimizer_of(config.optim)
+    return Trainer(model.loss, (model.x, model.y), dataset.train, errors=model.errors, dev=dataset.dev,
+                   test=dataset.test, optimizer=optimizer, schedule=schedule, out=out, comm=comm, options=config)
 
 
 def run(args, comm) -> int:
     config = load_config(args.config, args.set)
-    check_agreement(comm, {"--init": args.init, "--resume": args.resume, "--out": args.out,   # DDP: one command
-                           **{f"{section}.{key}": value for section, values in to_dict(config).items()
-                              for key, value in values.items()}})
+    check_agreement(comm, {"--init": args.init, "--resume": args.resume, "--out": args.out, **config.flat()})  # DDP
     out = choose_out_dir(args.out, args.config, comm)
     trainer = build_trainer(config, comm, out)
-    with trainer.folder.claimed(fresh=not args.resume) as note:   # rank 0 holds OUT's lock from here on
-        if note and comm.is_root:
-            print(note)
-        # --resume auto in a folder holding no run starts one; a resumed run keeps its parameters and config
-        fresh = not args.resume or root_decides(comm, lambda: args.resume == "auto" and not what_run(out))
-        if args.init and fresh:
-            trainer.load_parameters(args.init)
-        elif args.init and comm.is_root:
-            print(f"note: --init {args.init} is not used: the run resumes from its checkpoint")
-        if fresh:    # a new run's config (and seed) before the first step
+    with trainer.folder.claimed():                 # rank 0 holds OUT's lock from here on (fit takes it again)
+        if root_decides(comm, lambda: not what_run(out)):   # a new run: its config (and seed) before the first step
             write_config(out, config, trainer.seed, comm)
         try:
-            trainer.fit(config.train.epochs, config.train.max_steps, resume=args.resume)
+            result = trainer.fit(config.train.epochs, config.train.max_steps, resume=args.resume, init=args.init)
         except Preempted:
             write_config(out, config, trainer.seed, comm)
             return EXIT_PREEMPTED
-        write_config(out, config, trainer.seed, comm)
+        if not result.get("already_finished"):
+            write_config(out, config, trainer.seed, comm)
     return 0
 
 
@@ -135,4 +113,3 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

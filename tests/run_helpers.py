@@ -39,3 +39,13 @@ def files(out):
 def params(path):
     with np.load(path, allow_pickle=False) as archive:
         return {k: archive[k] for k in archive.files}
+
+
+def tiny_checkpoint(out, step, value=1.0, size=5):
+    """A valid checkpoint file of a one-parameter graph at OUT/checkpoints/step-N.npz, as a run writes it."""
+    from ddp_edf import Graph, Parameter, Relu
+    from ddp_edf.training.checkpoint import write_checkpoint
+    graph = Graph([Relu(Parameter("w", np.full(size, value)))])
+    path = Path(out) / "checkpoints" / f"step-{step:08d}.npz"
+    write_checkpoint(path, graph, None, {"step": step, "seed": 1, "world_size": 1, "skipped_steps": 0, "run": {}})
+    return path

@@ -197,9 +197,9 @@ def test_the_time_to_accuracy_worker_trains_epoch_by_epoch_as_one_fit_does():
     worker = import_benchmark("tta_ddp_edf")
     # a cosine schedule depends on the run's total steps; max_steps stops the second epoch early
     overrides = ["optim.schedule=cosine", "train.epochs=3", "train.max_steps=50", "log.every=1000000000"]
-    whole = build_trainer(load_config("configs/smoke.toml", overrides), SerialComm(), echo=False)
+    whole = build_trainer(load_config("configs/smoke.toml", overrides), SerialComm())
     whole.fit(3, max_steps=50)
-    by_epoch = build_trainer(load_config("configs/smoke.toml", overrides), SerialComm(), echo=False)
+    by_epoch = build_trainer(load_config("configs/smoke.toml", overrides), SerialComm())
     epochs = []
     worker.fit_by_epoch(by_epoch, 3, 50, lambda epoch: epochs.append((epoch, by_epoch.step)))
     per_epoch = by_epoch.steps_per_epoch

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from ddp_edf import train as train_cli
-from ddp_edf.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from ddp_edf.training.checkpoint import CheckpointError, read_checkpoint
+from ddp_edf.training.run_folder import latest_checkpoint
+from run_helpers import tiny_checkpoint
 from idx_files import write_dataset
 
 
@@ -34,7 +36,7 @@ def test_resume_continues_bit_for_bit(tiny_data, tmp_path):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert train_cli.main(args_for(tiny_data, whole)) == 0
     assert train_cli.main(args_for(tiny_data, parts, "--set", "train.max_steps=13")) == 0   # stops mid-epoch 1
-    assert load_checkpoint(parts / "checkpoints/step-00000013.npz")["meta"]["step_in_epoch"] == 3
+    assert read_checkpoint(parts / "checkpoints/step-00000013.npz")["meta"]["step_in_epoch"] == 3
     assert train_cli.main(args_for(tiny_data, parts, "--resume", "auto")) == 0
     expected, resumed = params_of(whole), params_of(parts)
     for name in expected:
@@ -52,16 +54,18 @@ def test_checkpoint_content_and_keep(tiny_data, tmp_path):
                                    "checkpoint.keep=2")) == 0
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert names == ["step-00000028.npz", "step-00000030.npz"]
-    checkpoint = load_checkpoint(out / "checkpoints/step-00000030.npz")
+    checkpoint = read_checkpoint(out / "checkpoints/step-00000030.npz")
     meta = checkpoint["meta"]
-    assert meta["step"] == 30 and meta["epoch"] == 3 and meta["seed"] == 3 and meta["format_version"] == 2
-    assert meta["config"]["model"]["hidden"] == [8]
+    assert meta["step"] == 30 and meta["epoch"] == 3 and meta["seed"] == 3 and meta["format_version"] == 3
+    assert meta["options"]["model"]["hidden"] == [8] and "SoftmaxCrossEntropy" in [node[0] for node in meta["graph"]]
     assert set(checkpoint["optim"]) == {"m", "v", "steps_taken"}
 
 
 @pytest.mark.parametrize("change,key", [(["--set", "model.hidden=[9]"], "another model"),
                                         (["--set", "train.global_batch=20"], "global_batch = 16"),
-                                        (["--set", "optim.name=sgd"], "optimizer = 'Adam'")])
+                                        (["--set", "optim.name=sgd"], "optimizer = 'Adam' (state ['m', 'v']), this run has 'SGD'"),
+                                        (["--set", "dist.deterministic=true"],
+                                         "deterministic (chunk) = [False, None], this run has [True, 32]")])
 def test_mismatched_checkpoint_is_refused(tiny_data, tmp_path, capsys, change, key):
     out = tmp_path / "run"
     assert train_cli.main(args_for(tiny_data, out, "--set", "train.max_steps=5")) == 0
@@ -80,15 +84,11 @@ def test_checkpoint_without_the_optimizer_state_is_refused(tiny_data, tmp_path, 
     assert train_cli.main(args_for(tiny_data, out, "--set", "optim.name=sgd", "--set", "optim.momentum=0.9",
                                    "--resume", "auto")) == 1
     error = capsys.readouterr().err
-    assert "optimizer_state = [], this run has ['velocity']" in error and "Traceback" not in error
+    assert "optimizer = 'SGD' (state []), this run has 'SGD' (state ['velocity'])" in error and "Traceback" not in error
 
 
-def meta(step):
-    return {"step": step, "seed": 1, "world_size": 1, "layout": [], "trajectory": {}, "config": {}}
-
-
-def small_checkpoint(out, step, value=1.0, keep=10):
-    return save_checkpoint(out, np.full(5, value, np.float32), {"steps_taken": np.array(step)}, meta(step), keep=keep)
+def small_checkpoint(out, step, value=1.0):
+    return tiny_checkpoint(out, step, value)
 
 
 def test_corrupt_newest_is_skipped_with_a_warning(tmp_path):
@@ -105,15 +105,14 @@ def test_pickle_payload_is_refused(tmp_path):
     path = tmp_path / "evil.npz"
     np.savez(path, params=np.zeros(3, np.float32), meta=np.array([{"step": 1}], dtype=object))
     with pytest.raises(CheckpointError, match="pickled objects; refused"):
-        load_checkpoint(path)
+        read_checkpoint(path)
 
 
 WRITER = """
 import sys, numpy as np
-from ddp_edf.training.checkpoint import save_checkpoint
+from ddp_edf.training.checkpoint import write_arrays
 print('ready', flush=True)
-save_checkpoint(sys.argv[1], np.ones(150_000_000, np.float32), {"steps_taken": np.array(2)},
-                {"step": 2, "seed": 1, "world_size": 1, "layout": [], "trajectory": {}, "config": {}}, keep=10)
+write_arrays(sys.argv[1] + "/checkpoints/step-00000002.npz", {"params": np.ones(150_000_000, np.float32)})
 """
 
 

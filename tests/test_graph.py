@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from ddp_edf import Add, Affine, Graph, Input, Parameter, Relu, SoftmaxCrossEntropy, Tanh, build_model
+from ddp_edf import (Add, Affine, CompNode, Graph, Input, Parameter, Relu, ShapeError, SoftmaxCrossEntropy, Tanh,
+                     build_model)
 
 
 def small_net(rng):
@@ -96,16 +97,63 @@ def test_accumulate_adds_to_the_parameter_gradients():
     np.testing.assert_allclose(graph.grads, 2 * once, rtol=1e-15)
 
 
-def test_grad_tail_shares_one_array_with_the_gradients():
+def test_the_gradients_pack_into_a_buffer_given_and_backward_leaves_the_rest_of_it_alone():
+    """A reducer owns the buffer (its slots behind the gradients ride in its one collective)."""
     x, y, loss = small_net(np.random.default_rng(0))
-    graph = Graph([loss], grad_tail=2)
+    owner = np.full(100, 5.0, np.float32)
+    graph = Graph([loss], grad_buffer=lambda n: owner[:n])
     n = graph.num_params
-    assert graph.grads_with_tail.shape == (n + 2,) and np.shares_memory(graph.grads, graph.grads_with_tail)
-    graph.grads_with_tail[-2:] = 5.0
+    assert np.shares_memory(graph.grads, owner) and all(np.shares_memory(p.grad, owner) for p in graph.parameters)
     x.value, y.value = np.ones((2, 4), np.float32), np.array([0, 1])
     graph.forward()
     graph.backward(loss, 0.5)
-    assert graph.grads_with_tail[-2:].tolist() == [5.0, 5.0]   # backward leaves the tail to its owner
+    assert graph.grads.any() and (owner[n:] == 5.0).all()
+    with pytest.raises(ValueError, match="grad_buffer gave float64"):
+        Graph([loss], grad_buffer=lambda n: np.zeros(n))
+
+
+def test_the_structure_names_every_op_and_its_wiring():
+    """Two graphs with the same parameters but another op differ in their structure (a checkpoint keeps it)."""
+    def net(activation):
+        x = Input("x")
+        W, b = Parameter("W", np.ones((3, 2))), Parameter("b", np.zeros(2))
+        return Graph([activation(Affine(x, W, b, name="fc"), name="act")])
+    relu, tanh = net(Relu).structure(), net(Tanh).structure()
+    assert relu == [["Input", "x", []], ["Parameter", "W", []], ["Parameter", "b", []], ["Affine", "fc", [0, 1, 2]],
+                    ["Relu", "act", [3]]]
+    assert tanh[:4] == relu[:4] and tanh[4] == ["Tanh", "act", [3]]
+
+
+class WrongShape(CompNode):
+    """y = 2 x, whose backward gives x a gradient of the wrong shape, in one of three ways."""
+
+    def __init__(self, x, how):
+        super().__init__(x)
+        self.x, self.how = x, how
+
+    def forward(self):
+        self.value = 2 * self.x.value
+
+    def backward(self):
+        wrong = (2 * self.grad).sum(axis=0)                 # (J,) where x is (B, J): it would broadcast
+        if self.how == "assign":
+            self.x.grad = wrong
+        elif self.how == "addgrad":
+            self.x.addgrad(wrong)
+        else:
+            self.x.grad = np.zeros(3)                       # a Parameter's grad: a view of the flat buffer
+
+
+@pytest.mark.parametrize("how", ["assign", "addgrad", "parameter"])
+def test_a_gradient_of_the_wrong_shape_is_blamed_on_the_op_that_gave_it(how):
+    x = Input("x", np.ones((4, 3)))
+    W, b = Parameter("W", np.ones((3, 2))), Parameter("b", np.zeros(2))
+    h = Affine(x, W, b, name="fc") if how != "parameter" else W
+    out = Relu(WrongShape(h, how), name="act")
+    graph = Graph([out], dtype=np.float64)
+    graph.forward()
+    with pytest.raises(ShapeError, match=r"^WrongShape.backward.* gradient of shape \((2|3),\)"):
+        graph.backward(out, np.ones_like(out.value))
 
 
 def test_shared_parameter_accumulates_both_uses():

@@ -10,12 +10,13 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "ddp_edf"
 
 # Layer of every module (higher layers may import lower ones, never the reverse).
 LAYERS = {
-    "engine.graph": 0, "data": 0, "config": 0,
+    "errors": 0, "engine.graph": 0, "data": 0,
     "engine.ops": 1, "engine.gradcheck": 1,
     "engine.models": 2, "engine.optim": 2,
     "parallel": 3,
     "training": 4,
-    "train": 5, "evaluate": 5, "plot": 5, "__init__": 5,
+    "config": 5, "build": 5,
+    "train": 6, "evaluate": 6, "plot": 6, "__init__": 6,
 }
 
 
@@ -53,11 +54,13 @@ def test_imports_point_down_the_layers_only():
 
 
 def test_parallel_data_and_engine_import_only_themselves():
-    """parallel/ knows nothing of graphs or ops, data/ nothing of graphs or MPI, the engine nothing of either."""
+    """parallel/ knows nothing of graphs or ops, data/ nothing of graphs or MPI, the engine nothing of either
+    (ddp_edf.errors, the OptionError every constructor raises, imports nothing)."""
+    assert not list(package_imports(PACKAGE / "errors.py"))
     for layer in ("parallel", "data", "engine"):
         for path in sorted((PACKAGE / layer).glob("*.py")):
             for target in package_imports(path):
-                assert target.startswith(layer) or not target, f"{layer}/{path.name} imports ddp_edf.{target}"
+                assert target.startswith(layer) or target in ("", "errors"), f"{layer}/{path.name} imports ddp_edf.{target}"
 
 
 def test_importing_ddp_edf_has_no_side_effects():

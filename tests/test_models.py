@@ -55,11 +55,11 @@ def test_initialisation_scales():
 
 
 def test_unknown_kind_and_activation_are_errors():
-    with pytest.raises(ValueError, match="unknown model kind 'cnn'"):
+    with pytest.raises(ValueError, match="build_model: kind = 'cnn' is not one of"):
         build_model("cnn", 4, 2)
-    with pytest.raises(ValueError, match="unknown activation 'gelu'"):
+    with pytest.raises(ValueError, match="activation = 'gelu' is not one of"):
         build_model("mlp", 4, 2, activation="gelu")
-    with pytest.raises(ValueError, match="exactly one hidden layer"):
+    with pytest.raises(ValueError, match="hidden = .* must hold one width for lecture_mlp"):
         build_model("lecture_mlp", 4, 2, hidden=[3, 3])
 
 

@@ -4,6 +4,7 @@ These tests start mpiexec themselves (from the same venv as this Python), each u
 """
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -63,27 +64,31 @@ def test_stuck_rank_fires_the_watchdog(job_args, tmp_path):
     result, seconds = run_job(2, injected("hang", 1, 3, tmp_path / "r", job_args, "--set", "dist.timeout_s=2"))
     assert result.returncode != 0
     assert seconds < 20
-    assert "watchdog: no progress for" in result.stderr, result.stderr[-3000:]
-    assert "faulty_step" in result.stderr       # the stuck rank's stack was dumped
+    assert "ddp_edf: error: watchdog: waited" in result.stderr, result.stderr[-3000:]
+    assert "in Allreduce (Trainer.fit > Trainer._loop > DataParallel.step > Allreduce.reduce" in result.stderr
+    assert "faulty_step" in result.stderr       # the waiting rank's stack was dumped
 
 
-def test_sigint_to_mpiexec_ends_every_rank(job_args, tmp_path):
+def test_sigint_to_mpiexec_ends_every_rank_with_130(job_args, tmp_path):
+    """Ctrl-C: mpiexec forwards SIGINT to the ranks, each ends at once (even inside an MPI call) with 130."""
     out = tmp_path / "sigint-run"
     process = subprocess.Popen([MPIEXEC, "-n", "3", sys.executable, "-m", "ddp_edf.train", "--out", str(out),
                                 *job_args, "--set", "train.epochs=100000"], cwd=ROOT, env=clean_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert (out / "metrics.jsonl").exists(), "the job did not start"
     process.send_signal(signal.SIGINT)
     try:
-        process.wait(timeout=15)
+        _, stderr = process.communicate(timeout=15)
     finally:
         process.kill()
     time.sleep(0.5)
     survivors = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
-    assert process.returncode != 0 and not survivors
+    assert process.returncode == 130 and not survivors, stderr
+    assert stderr.count("ddp_edf: interrupted (Ctrl-C): every rank stops now") == 1, stderr
+    assert "Traceback" not in stderr and "BAD TERMINATION" not in stderr, stderr
 
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -150,38 +155,75 @@ def test_resume_at_another_world_size_stays_within_tolerance(job_args, tmp_path)
 
 API_SCRIPT = """
 import sys, numpy as np
-from ddp_edf import SGD, Affine, Input, Parameter, SoftmaxCrossEntropy, Trainer, communicator
-comm = communicator()
-if sys.argv[1] == "raise" and comm.rank == 1:
+from ddp_edf import (SGD, Affine, Allreduce, DataParallel, EvalOptions, Input, LogOptions, Options, Parameter,
+                     SoftmaxCrossEntropy, Trainer, TrainOptions, communicator)
+mode = sys.argv[1]
+comm = communicator(timeout_s=2)
+if mode == "raise" and comm.rank == 1:
     np.load("/nonexistent/data.npy")                  # fails before any Trainer exists
-n = 300 if sys.argv[1] != "uneven" or comm.rank == 0 else 240
+n = 300 if mode != "uneven" or comm.rank == 0 else 240
 X, Y = np.ones((n, 4), np.float32), np.zeros(n, np.int64)
-if sys.argv[1] == "other" and comm.rank == 1:
+if mode == "other" and comm.rank == 1:
     X[7, 2] = 0.5                                     # the same shapes, one value differs
 x, y = Input("x"), Input("y")
 loss = SoftmaxCrossEntropy(Affine(x, Parameter("W", np.zeros((4, 2))), Parameter("b", np.zeros(2))), y)
-Trainer(loss, (x, y), (X, Y), optimizer=SGD(), global_batch=10, comm=comm).fit(epochs=1)
+if mode in ("step on rank 0", "evaluate on rank 0"):
+    dp = DataParallel(loss, (x, y), Allreduce(comm))
+    if comm.rank == 0:
+        dp.step((X, Y), np.arange(10), SGD()) if mode.startswith("step") else dp.evaluate((X, Y))
+    sys.exit(0)
+if mode == "trainer on rank 0" and comm.rank != 0:
+    sys.exit(0)                                       # rank 1 leaves: rank 0 builds a Trainer alone
+options = Options(train=TrainOptions(global_batch=10), log=LogOptions(echo=comm.rank == 0),     # echo may differ
+                  eval=EvalOptions(batch=7 if mode == "other eval batch" and comm.rank == 1 else 1000))
+out = sys.argv[2] if mode != "out on rank 0" or comm.rank == 0 else None
+trainer = Trainer(loss, (x, y), (X, Y), optimizer=SGD(), comm=comm, options=options, out=out)
+if mode == "fit on rank 0" and comm.rank != 0:
+    sys.exit(0)                                       # rank 1 returns: only rank 0 calls fit
+trainer.fit(epochs=1)
 """
 
 
 @pytest.mark.parametrize("mode,expected", [
     ("raise", "[rank 1] FileNotFoundError"),
     ("uneven", "rank 1 has train_examples = 240 where rank 0 has 300"),
-    ("other", "rank 1 has data CRC-32 (train, dev, test) = [")])
+    ("other", "rank 1 has data CRC-32 = {'train': "),
+    ("other eval batch", "rank 1 has eval.batch = 7 where rank 0 has 1000"),
+    ("out on rank 0", "rank 1 has out = None where rank 0 has '")])
 def test_a_script_failing_on_one_rank_or_with_other_data_ends_the_job(tmp_path, mode, expected):
     """Through the Python API: a rank that raises before the Trainer exists, or ranks given different
     data (other sizes, or other values), end the whole job at once with the reason (no hang until some timeout)."""
     script = tmp_path / "script.py"
     script.write_text(API_SCRIPT)
-    result, seconds = run_job(2, [str(script), mode], timeout=60)
+    result, seconds = run_job(2, [str(script), mode, tmp_path / "out"], timeout=60)
     assert result.returncode != 0 and seconds < 20
     assert expected in result.stderr, result.stderr[-3000:]
+    if mode == "uneven":     # the same script with the same data trains (echo on rank 0 only is no difference)
+        result, _ = run_job(2, [str(script), "fine", tmp_path / "fine"], timeout=60)
+        assert result.returncode == 0 and (tmp_path / "fine" / "model.npz").exists(), result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("mode,call", [
+    ("fit on rank 0", "in allgather (Trainer.fit > check_agreement"),
+    ("trainer on rank 0", "in allgather (Trainer.__init__ > DataParallel.__init__ > check_agreement"),
+    ("step on rank 0", "in Allreduce (DataParallel.step > Allreduce.reduce"),
+    ("evaluate on rank 0", "in allgather (DataParallel.evaluate > evaluate")])
+def test_a_collective_one_rank_skips_ends_the_job_within_the_timeout_naming_the_call(tmp_path, mode, call):
+    """Through the Python API, rank 1 skips a call rank 0 makes (and exits): rank 0 waits in that call's
+    collective until communicator(timeout_s=2) ends the job, naming the call and the script's line."""
+    script = tmp_path / "script.py"
+    script.write_text(API_SCRIPT)
+    result, seconds = run_job(2, [str(script), mode, tmp_path / "out"], timeout=60)
+    assert result.returncode != 0 and seconds < 20, (seconds, result.stderr[-2000:])
+    assert re.search(r"\[rank 0\] ddp_edf: error: watchdog: waited [23] s " + re.escape(call), result.stderr), \
+        result.stderr[-3000:]
+    assert "from script.py:" in result.stderr and "which the other ranks did not join" in result.stderr
 
 
 @pytest.mark.parametrize("rank0,rank1,expected", [
     (["--set", "train.max_steps=5"], ["--set", "train.max_steps=6"], "rank 1 has train.max_steps = 6 where rank 0 has 5"),
     (["--init", "INIT"], [], "rank 1 has --init = None where rank 0 has"),
-    ([], ["--set", "optim.lr=-1"], "[rank 1] ddp_edf: error: optim.lr = -1.0 is out of range")])
+    ([], ["--set", "optim.lr=-1"], "[rank 1] ddp_edf: error: optim.lr = -1.0 must be > 0")])
 def test_ranks_given_different_options_stop_with_one_clear_line(job_args, tmp_path, rank0, rank1, expected):
     """mpiexec's MPMD form gives each rank its own command line: the ranks compare their setup first, and
     a config error met by one rank only is printed by that rank."""

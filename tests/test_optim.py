@@ -99,9 +99,13 @@ def test_lr_defaults_and_bad_hyper_parameters():
     params = np.array([1.0])
     SGD(lr=0.5).step(params, np.array([2.0]))
     assert params[0] == 0.0
-    for make in (lambda: SGD(lr=0), lambda: SGD(momentum=1.0), lambda: SGD(nesterov=True),
-                 lambda: Adam(betas=(1.0, 0.9)), lambda: Adam(weight_decay=-1)):
-        with pytest.raises(ValueError):
+    for make, message in ((lambda: SGD(lr=0), "SGD: lr = 0 must be > 0"),
+                          (lambda: SGD(momentum=1.0), "SGD: momentum = 1.0 must be in"),
+                          (lambda: SGD(nesterov=True), "SGD: nesterov = True needs momentum > 0"),
+                          (lambda: SGD(lr=float("nan")), "SGD: lr = nan must be > 0"),
+                          (lambda: Adam(betas=(1.0, 0.9)), "Adam: beta1 = 1.0"),
+                          (lambda: Adam(weight_decay=-1), "Adam: weight_decay = -1 must be >= 0")):
+        with pytest.raises(ValueError, match=message):
             make()
 
 
@@ -118,7 +122,9 @@ def test_schedules():
     assert cosine(2, 1.0, total_steps=102) == pytest.approx(1.0)
     assert cosine(52, 1.0, total_steps=102) == pytest.approx(0.5)
     assert Schedule("cosine", warmup_steps=2, min_lr=0.01)(102, 1.0, total_steps=102) == pytest.approx(0.01)
-    with pytest.raises(ValueError, match="unknown schedule 'exp'"):
+    with pytest.raises(ValueError, match="Schedule: kind = 'exp' is not one of"):
         Schedule("exp")
-    with pytest.raises(ValueError, match="step_size > 0"):
+    with pytest.raises(ValueError, match="step_size = 0 must be >= 1 for the 'step' schedule"):
         Schedule("step")
+    with pytest.raises(ValueError, match="min_lr = 0.5 exceeds lr = 0.1"):
+        Schedule("cosine", min_lr=0.5).check(0.1)

@@ -13,10 +13,6 @@ from ddp_edf import plot
 from ddp_edf import train as train_cli
 from ddp_edf.config import from_dict, load_config, to_dict, to_toml
 from ddp_edf.data import DataError, read_idx
-from ddp_edf.engine.graph import Input, Parameter
-from ddp_edf.engine.ops import Affine, SoftmaxCrossEntropy
-from ddp_edf.engine.optim import SGD
-from ddp_edf.training.trainer import Trainer
 from idx_files import idx_bytes, write_dataset
 from run_helpers import args, data, fails, files  # noqa: F401  (data is a fixture)
 
@@ -33,7 +29,7 @@ def test_resuming_on_changed_data_is_refused(data, tmp_path, capsys):
     assert train_cli.main(args(data, out, "--set", "train.max_steps=4")) == 0
     before = files(out)
     write_dataset(data, n_train=200, n_test=50, seed=1)   # same folder, same shapes, other images
-    fails(capsys, args(data, out, "--resume", "auto"), "data CRC-32 (train, dev, test)")
+    fails(capsys, args(data, out, "--resume", "auto"), "was made with data CRC-32 = {'train': ")
     assert files(out) == before
 
 
@@ -55,7 +51,7 @@ def test_evaluate_names_an_empty_dev_split_and_a_saved_config_with_keys_missing(
     with np.load(path) as archive:
         arrays = {k: archive[k] for k in archive.files}
     meta = json.loads(arrays["meta"].tobytes())
-    del meta["config"]["data"]["dev_size"]     # a default would silently stand in for the run's value
+    del meta["options"]["data"]["dev_size"]     # a default would silently stand in for the run's value
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     np.savez(path, **arrays)
     code, error = evaluate(capsys, "--checkpoint", str(path))
@@ -92,12 +88,7 @@ def test_a_dataset_cache_that_cannot_be_written_is_named(isolated_data, tmp_path
 
 def test_more_micro_batches_than_examples_in_a_batch_are_refused(data, tmp_path, capsys):
     fails(capsys, args(data, tmp_path / "run", "--set", "train.micro_batches=17"),
-          "train.micro_batches = 17 > train.global_batch = 16")
-    x, y = Input("x"), Input("y")
-    loss = SoftmaxCrossEntropy(Affine(x, Parameter("W", np.zeros((4, 2))), Parameter("b", np.zeros(2))), y)
-    with pytest.raises(ValueError, match="micro_batches = 9 exceeds global_batch = 8"):
-        Trainer(loss, (x, y), (np.zeros((16, 4)), np.zeros(16, np.int64)), optimizer=SGD(), global_batch=8,
-                micro_batches=9, comm="serial")
+          "train.micro_batches = 17 exceeds global_batch = 16")
 
 
 def test_the_saved_config_round_trips_any_text(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from ddp_edf import plot
 from ddp_edf import train as train_cli
 from ddp_edf.config import ConfigError, load_config
-from ddp_edf.training.checkpoint import latest_checkpoint
+from ddp_edf.training.run_folder import latest_checkpoint
 from idx_files import idx_bytes, write_dataset
 from run_helpers import args, data, fails, files  # noqa: F401  (data is a fixture)
 
@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("content,expected", [
     (None, "is a folder: give a TOML file"),
     (b"[train]\nepochs = 2\n\xff\xfe\n", "is not UTF-8 text"),
-    (b"[model]\nhidden = [true]\n", "model.hidden = [True] is out of range"),
-    (b"[model]\nhidden = [10000000000000]\n", "model.hidden = [10000000000000] is out of range")])
+    (b"[model]\nhidden = [true]\n", "model.hidden = [True] must be a list of integer widths"),
+    (b"[model]\nhidden = [10000000000000]\n", "model.hidden = [10000000000000] must be a list of integer")])
 def test_config_files_that_cannot_be_used(tmp_path, capsys, content, expected):
     path = tmp_path / "c.toml"
     path.mkdir() if content is None else path.write_bytes(content)

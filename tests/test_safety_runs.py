@@ -15,10 +15,9 @@ import pytest
 
 from ddp_edf import plot
 from ddp_edf import train as train_cli
-from ddp_edf.parallel.comm import SerialComm
-from ddp_edf.parallel.faults import Watchdog, WatchdogFired
-from ddp_edf.training.checkpoint import latest_checkpoint, save_checkpoint
-from run_helpers import args, data, fails, files, params  # noqa: F401  (data is a fixture)
+from ddp_edf.parallel.watchdog import Watchdog
+from ddp_edf.training.run_folder import latest_checkpoint
+from run_helpers import args, data, fails, files, params, tiny_checkpoint  # noqa: F401  (data is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +51,7 @@ def test_resuming_an_older_checkpoint_moves_the_newer_ones_aside(data, tmp_path,
     assert sorted(abandoned) == ["step-00000008.npz", "step-00000010.npz", "step-00000012.npz"]
     assert train_cli.main(args(data, out, "--resume", str(out / "checkpoints/step-00000008.npz"), "--set",
                                "optim.lr=0.01", "--set", "checkpoint.every_steps=2", "--set", "train.max_steps=10")) == 0
-    assert "newer checkpoint(s) and their metrics moved to" in capsys.readouterr().out
+    assert "2 newer checkpoint(s) and 5 metrics record(s) past it moved to" in capsys.readouterr().out
     moved = out / "checkpoints/abandoned-after-step-8"
     assert {p.name: p.read_bytes() for p in moved.glob("*.npz")} == {k: abandoned[k] for k in
                                                                      ("step-00000010.npz", "step-00000012.npz")}
@@ -60,7 +59,7 @@ def test_resuming_an_older_checkpoint_moves_the_newer_ones_aside(data, tmp_path,
     assert max(steps) == 10 and 12 not in steps                    # the abandoned branch's records moved too
     assert {json.loads(line)["step"] for line in (moved / "metrics.jsonl").read_text().splitlines()} == {10, 12}
     newest = latest_checkpoint(out)
-    assert newest["meta"]["step"] == 10 and newest["meta"]["config"]["optim"]["lr"] == 0.01
+    assert newest["meta"]["step"] == 10 and newest["meta"]["options"]["optim"]["lr"] == 0.01
     np.testing.assert_array_equal(np.concatenate([v.ravel() for v in params(out / "model.npz").values()]),
                                   newest["params"])
 
@@ -134,14 +133,12 @@ def test_a_metrics_line_cut_by_a_kill_is_set_aside_on_resume(data, tmp_path):
     assert plot.read_metrics(out)["test"][-1][0] == 30
 
 
-def checkpoint_meta(step, n=5):
-    return {"step": step, "seed": 1, "world_size": 1, "layout": [["w", [n]]], "trajectory": {}, "config": {}}
-
-
 def test_checkpoints_are_ordered_by_step_whatever_the_width(tmp_path):
+    from ddp_edf.parallel.comm import SerialComm
+    from ddp_edf.training.run_folder import RunFolder
     for step in (99_999_998, 99_999_999, 100_000_000):
-        save_checkpoint(tmp_path, np.full(5, step, np.float32), {"steps_taken": np.array(step)}, checkpoint_meta(step),
-                        keep=2)
+        tiny_checkpoint(tmp_path, step, value=step)
+        RunFolder(tmp_path, SerialComm()).prune(keep=2)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["step-100000000.npz", "step-99999999.npz"]
     assert latest_checkpoint(tmp_path)["meta"]["step"] == 100_000_000
@@ -167,7 +164,7 @@ def test_skipping_most_steps_fails_naming_the_count(data, tmp_path, capsys):
 
 def test_a_cosine_schedule_that_would_climb_is_refused(data, tmp_path, capsys):
     fails(capsys, args(data, tmp_path / "run", "--set", "optim.schedule=cosine", "--set", "optim.min_lr=0.5"),
-          "optim.min_lr = 0.5 > optim.lr = 0.1")
+          "optim.min_lr = 0.5 exceeds lr = 0.1: a cosine schedule would climb")
 
 
 def test_a_seed_given_with_resume_is_reported_unused(data, tmp_path, capsys):
@@ -180,16 +177,12 @@ def test_a_seed_given_with_resume_is_reported_unused(data, tmp_path, capsys):
 def test_an_absurd_watchdog_timeout_is_refused_and_a_watchdog_that_fired_fails_the_run(data, tmp_path, capsys):
     fails(capsys, args(data, tmp_path / "run", "--set", "dist.timeout_s=0.001"), "dist.timeout_s = 0.001")
 
-    class Comm(SerialComm):
-        aborted = False
-
-        def abort(self, code=1):
-            self.aborted = True           # the job would end here; the test looks at what follows
-    comm = Comm()
-    with pytest.raises(WatchdogFired, match="no progress for"):
-        with Watchdog(comm, 1, poll_s=0.05, grace_s=0):
-            time.sleep(1.3)
-    assert comm.aborted
+    aborted = []
+    watchdog = Watchdog(3, aborted.append, timeout_s=1, poll_s=0.05, grace_s=0)
+    with watchdog.waiting("Allreduce"):
+        time.sleep(1.3)                   # the job would end here: abort() is called with exit code 1
+    assert aborted == [1]
+    assert "[rank 3] ddp_edf: error: watchdog: waited 1 s in Allreduce (" in capsys.readouterr().err
 
 
 def test_resume_paths_are_checked_before_they_are_trusted(data, tmp_path, capsys):
@@ -221,4 +214,4 @@ def test_a_file_system_without_locks_is_said_and_the_run_goes_on(data, tmp_path,
         raise OSError(errno.ENOLCK, "No locks available")
     monkeypatch.setattr(fcntl, "flock", no_locks)
     assert train_cli.main(args(data, tmp_path / "run", "--set", "train.max_steps=2")) == 0
-    assert "cannot be locked here (No locks available): a second run on it is not refused" in capsys.readouterr().out
+    assert "cannot be locked here (No locks available): a second run is not refused" in capsys.readouterr().out

@@ -1,10 +1,12 @@
-"""The epoch permutation formula and how batches are sharded across ranks."""
+"""The epoch permutation formula, the batches of an epoch, and how they are sharded across ranks."""
 
 import numpy as np
 import pytest
 
-from ddp_edf.data import epoch_permutation, shard_bounds, steps_per_epoch
+from ddp_edf import batches
+from ddp_edf.data import epoch_permutation, steps_per_epoch
 from ddp_edf.data.sampler import batch_indices
+from ddp_edf.parallel.reducers import shard_bounds
 
 
 def test_permutation_is_the_documented_formula():
@@ -34,10 +36,12 @@ def test_every_example_once_per_epoch_across_ranks(n, batch, world, drop_last):
         assert sorted(seen) == list(range(n))
 
 
-def test_shards_are_contiguous_and_ordered():
-    bounds = [shard_bounds(10, r, 4) for r in range(4)]
-    assert bounds == [(0, 3), (3, 6), (6, 8), (8, 10)]
-    assert shard_bounds(2, 3, 4) == (2, 2)   # more ranks than examples: an empty shard
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_batches_are_the_epochs_permutation_in_slices(drop_last):
+    got = list(batches(23, 5, seed=7, epoch=2, drop_last=drop_last))
+    permutation = epoch_permutation(7, 2, 23)
+    assert [len(b) for b in got] == [5, 5, 5, 5] + ([] if drop_last else [3])
+    np.testing.assert_array_equal(np.concatenate(got), permutation[:20 if drop_last else 23])
 
 
 def test_steps_per_epoch():

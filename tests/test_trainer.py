@@ -17,7 +17,7 @@ class Run:
 
     def __init__(self, config, comm=None):
         self.config = config
-        self.trainer = build_trainer(config, comm or SerialComm(), echo=False)
+        self.trainer = build_trainer(config, comm or SerialComm())
 
     def run(self):
         return self.trainer.fit(self.config.train.epochs, self.config.train.max_steps)

@@ -14,9 +14,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 
-from ddp_edf import SGD, Affine, ErrorRate, Input, Parameter, Relu, SoftmaxCrossEntropy, Trainer  # noqa: E402
+from ddp_edf import (SGD, Affine, DistOptions, ErrorRate, Input, LogOptions, Options, Parameter, Relu,  # noqa: E402
+                     SoftmaxCrossEntropy, Trainer, TrainOptions)
 from ddp_edf.data import ImageSplit  # noqa: E402
-from ddp_edf.parallel.comm import make_comm  # noqa: E402
+from ddp_edf.parallel.faults import communicator  # noqa: E402
 
 # ddp_edf's names for the benchmark's parameters (W is (inputs, outputs), as in common)
 NAMES = {"W1": "fc0.W", "b1": "fc0.b", "W2": "fc1.W", "b2": "fc1.b"}
@@ -28,10 +29,10 @@ def build_trainer(initial: dict, batch: int, comm, deterministic: bool = False, 
     x, y = Input("x"), Input("y")
     scores = Affine(Relu(Affine(x, p["W1"], p["b1"])), p["W2"], p["b2"])
     images, labels = common.load_split("train")
+    options = Options(train=TrainOptions(global_batch=batch, drop_last=True, seed=0), log=LogOptions(10**9, echo=False),
+                      dist=DistOptions(check_every=0, deterministic=deterministic, chunk=chunk))
     return Trainer(SoftmaxCrossEntropy(scores, y), (x, y), ImageSplit(images, labels), errors=ErrorRate(scores, y),
-                   optimizer=SGD(common.LR, common.MOMENTUM), global_batch=batch, drop_last=True, seed=0,
-                   log_every=10**9, check_every=0, comm=comm, echo=False, deterministic=deterministic,
-                   chunk=chunk)
+                   optimizer=SGD(common.LR, common.MOMENTUM), comm=comm, options=options)
 
 
 def main():
@@ -39,13 +40,13 @@ def main():
     parser.add_argument("--deterministic", action="store_true", help="the same bits on any number of ranks")
     parser.add_argument("--chunk", type=int, default=32, help="--deterministic: examples per fixed chunk")
     args = parser.parse_args()
-    comm = make_comm("auto")
+    comm = communicator(blas_threads=1 if args.deterministic else 0)
     initial = common.load_initial(args.check_init) if args.check_init else common.initial_parameters()
     trainer = build_trainer(initial, args.batch, comm, args.deterministic, args.chunk)
     if args.check_init:   # the same training as every other system? (compare_torch_ddp.py checks)
         batches = common.global_batches(len(trainer.train), args.batch)
         for _ in range(args.check_steps):
-            trainer.train_step(next(batches))
+            trainer.dp.step(trainer.train, next(batches), trainer.optimizer)
         if comm.is_root:
             images, labels = common.load_split("train")
             state = trainer.graph.state_dict()

@@ -41,8 +41,8 @@ def main():
     parser.add_argument("--set", action="append", default=[], help="config override, e.g. train.epochs=5")
     args = parser.parse_args()
     comm = make_comm("auto")
-    config = load_config(args.config, ["log.every=1000000000", "dist.check_every=0", *args.set])
-    trainer = build_trainer(config, comm, out=None, echo=False)
+    config = load_config(args.config, ["log.every=1000000000", "log.echo=false", "dist.check_every=0", *args.set])
+    trainer = build_trainer(config, comm, out=None)
     test, trainer.test = trainer.test, None   # measured here, clock paused, not in fit's own time
     curve, clock = [], {"paused": 0.0}
 

@@ -189,7 +189,8 @@ def _images_and_labels(files: dict, origins: dict, split: str, num_classes: int)
     labels = read_idx(files[f"{split}_labels"])
     images_path, labels_path = origins[f"{split}_images"], origins[f"{split}_labels"]
     if images.dtype != np.uint8 or images.ndim != 3:
-        raise DataError(f"{images_path}: expected uint8 images of shape (N, rows, cols), got {images.dtype} {images.shape}")
+        raise DataError(f"{images_path}: expected uint8 images of shape (N, rows, cols), got {images.dtype} "
+                        f"{images.shape}")
     if labels.dtype != np.uint8 or labels.ndim != 1:
         raise DataError(f"{labels_path}: expected uint8 labels of shape (N,), got {labels.dtype} {labels.shape}")
     if len(images) != len(labels):

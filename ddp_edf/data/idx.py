@@ -18,6 +18,7 @@ import zlib
 
 import numpy as np
 
+from .atomic import write_atomically
 from .errors import DataError
 
 DTYPES = {0x08: np.dtype(np.uint8), 0x09: np.dtype(np.int8), 0x0B: np.dtype(">i2"),
@@ -79,13 +80,4 @@ def decompress_idx(source, destination):
     """Validate the gzipped IDX ``source`` and write it raw to ``destination`` atomically."""
     data = _gunzip(source)
     parse_header(source, data[:64], len(data))
-    temporary = f"{destination}.part-{os.getpid()}"
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, destination)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    write_atomically(destination, lambda handle: handle.write(data))

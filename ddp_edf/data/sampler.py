@@ -1,12 +1,11 @@
-"""The order in which training examples are visited, and how a global batch is split over ranks.
+"""The order in which training examples are visited: the same on every rank, with no communication.
 
     permutation of epoch e = numpy.random.default_rng([seed, e]).permutation(n_train)
     global batch t of epoch e = permutation[t * B : (t + 1) * B]     (the last one may be shorter)
-    rank r of W takes a contiguous part of it: shard_bounds(len(batch), r, W)
-    (deterministic mode: a contiguous run of the batch's fixed chunks; rank_pieces)
 
-Everything is a pure function of (seed, epoch, step, rank, world_size): every rank computes the
-same permutation without communication, and a resumed run visits the same examples.
+Everything is a pure function of (seed, epoch, step): every rank computes the same batches, and a
+resumed run visits the same examples.  Which rows of a batch a rank computes is its reducer's shard
+plan (parallel/reducers.py).
 """
 
 from __future__ import annotations
@@ -31,20 +30,8 @@ def batch_indices(permutation: np.ndarray, step_in_epoch: int, global_batch_size
     return permutation[start:start + global_batch_size]
 
 
-def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """[start, stop) of rank's contiguous part of n items; the first n % W ranks get one extra."""
-    base, extra = divmod(n, world_size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
-
-
-def rank_pieces(batch_size: int, rank: int, world_size: int, micro_batches: int = 1, chunk: int = 0) -> list:
-    """[lo, hi) of the pieces of a global batch that rank computes: its contiguous shard cut into
-    micro-batches; or, with ``chunk`` > 0, a contiguous run of the batch's fixed chunks
-    [c * chunk, (c + 1) * chunk), whose rows (hence GEMMs) do not depend on the number of ranks."""
-    if chunk:
-        first, last = shard_bounds(-(-batch_size // chunk), rank, world_size)
-        return [(c * chunk, min((c + 1) * chunk, batch_size)) for c in range(first, last)]
-    start, stop = shard_bounds(batch_size, rank, world_size)
-    pieces = [shard_bounds(stop - start, k, micro_batches) for k in range(micro_batches)]
-    return [(start + lo, start + hi) for lo, hi in pieces if hi > lo]
+def batches(n: int, global_batch: int, seed: int, epoch: int, drop_last: bool = False):
+    """The global batches of one epoch, in order: arrays of example indices, the same on every rank."""
+    permutation = epoch_permutation(seed, epoch, n)
+    for t in range(steps_per_epoch(n, global_batch, drop_last)):
+        yield batch_indices(permutation, t, global_batch)

@@ -2,8 +2,8 @@
 which returns the arrays of those examples, one per graph Input (images x, labels y, ...).
 ``index`` is an integer array (a shuffled minibatch) or a slice (a contiguous range, in evaluation).
 
-* ``ArraySplit(x, y, ...)``: aligned NumPy arrays or memory maps, example n = row n of each.
-  Floating arrays are handed over in the graph's dtype (float32 for training).
+* ``ArraySplit(x, y, ...)``: aligned NumPy arrays or memory maps (or lists, made arrays), example n =
+  row n of each; numbers only.  Floating arrays are handed over in the graph's dtype (float32 for training).
 * ``ImageSplit(images, labels)``: uint8 images, scaled to float32 in [0, 1] batch by batch, so a
   dataset stays uint8 (and memory-mapped) and only a batch is ever float32.
 """
@@ -21,6 +21,7 @@ class ArraySplit:
     def __init__(self, *arrays, dtype=np.float32, name: str = "", source: str = "NumPy arrays"):
         if not arrays:
             raise ValueError(f"{name or 'a split'} needs at least one array")
+        arrays = tuple(numeric_array(a, k, name or "split") for k, a in enumerate(arrays))
         lengths = {len(a) for a in arrays}
         if len(lengths) != 1:
             raise ValueError(f"{name or 'split'}: the arrays must have one row per example, "
@@ -35,6 +36,18 @@ class ArraySplit:
 
     def _as_input(self, rows: np.ndarray) -> np.ndarray:
         return rows.astype(self.dtype) if rows.dtype.kind == "f" and rows.dtype != self.dtype else rows
+
+
+def numeric_array(array, position: int, name: str) -> np.ndarray:
+    """``array`` (a list is made an array) if it holds numbers with a row per example, else a ValueError naming it."""
+    try:
+        array = array if isinstance(array, np.ndarray) else np.asarray(array)
+    except ValueError as error:      # a ragged list
+        raise ValueError(f"{name}: array {position} cannot be made an array ({error})") from None
+    if array.dtype.kind not in "biuf" or array.ndim == 0:
+        raise ValueError(f"{name}: array {position} holds {array.dtype} values of shape {array.shape}; expected "
+                         f"numbers (float inputs, integer labels) with one row per example")
+    return array
 
 
 class ImageSplit(ArraySplit):

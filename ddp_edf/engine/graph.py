@@ -19,7 +19,7 @@ import numpy as np
 
 
 class ShapeError(ValueError):
-    """An op received inputs whose shapes do not fit together."""
+    """An op received inputs whose shapes do not fit together, or gave a gradient of the wrong shape."""
 
 
 class Node:
@@ -34,12 +34,16 @@ class Node:
     inputs: tuple[Node, ...] = ()
 
     def addgrad(self, delta):
-        """The lecture's accumulation: x.grad += (one consumer's contribution)."""
+        """The lecture's accumulation: x.grad += (one consumer's contribution), of x's own shape."""
+        if (delta.shape if isinstance(delta, np.ndarray) else np.shape(delta)) != self.grad.shape:
+            raise ShapeError(f"a gradient of shape {np.shape(delta)} added to {self.describe()}")
         self.grad += delta
 
+    def label(self) -> str:
+        return f"{type(self).__name__} '{self.name}'" if self.name else type(self).__name__
+
     def describe(self) -> str:
-        label = f"{type(self).__name__} '{self.name}'" if self.name else type(self).__name__
-        return label if self.value is None else f"{label} {tuple(np.shape(self.value))}"
+        return self.label() if self.value is None else f"{self.label()} {tuple(np.shape(self.value))}"
 
 
 class Input(Node):
@@ -60,7 +64,7 @@ class Input(Node):
 
     def addgrad(self, delta):
         if self.needs_grad:
-            self.grad += delta
+            super().addgrad(delta)
 
 
 class Parameter(Node):
@@ -84,6 +88,8 @@ class Parameter(Node):
         if self._grad is None:
             self._grad = value
         elif value is not self._grad:
+            if np.shape(value) != self._grad.shape:
+                raise ShapeError(f"a gradient of shape {np.shape(value)} assigned to {self.describe()}")
             self._grad[...] = value
 
 
@@ -104,8 +110,7 @@ class CompNode(Node):
 
     def shape_error(self, message: str) -> ShapeError:
         shapes = ", ".join(node.describe() for node in self.inputs)
-        label = f"{type(self).__name__} '{self.name}'" if self.name else type(self).__name__
-        return ShapeError(f"{label}: {message} (inputs: {shapes})")
+        return ShapeError(f"{self.label()}: {message} (inputs: {shapes})")
 
 
 def topological_order(outputs) -> list[Node]:
@@ -130,11 +135,15 @@ def topological_order(outputs) -> list[Node]:
 class Graph:
     """The nodes reachable from ``outputs``, in a fixed order, with parameters packed flat.
     ``dtype`` is float32 for training and float64 for gradient checks: the same engine either way.
-    ``grad_tail`` spare slots follow the gradients in one array, ``grads_with_tail``, for numbers a
-    caller wants to sum together with them (the trainer's flags ride in its one Allreduce)."""
+    ``grad_buffer(n)``, if given, returns the flat array of n gradients to pack into (a reducer's
+    buffer, which may hold more behind it); by default the graph makes its own."""
 
-    def __init__(self, outputs, dtype=np.float32, grad_tail: int = 0):
+    def __init__(self, outputs, dtype=np.float32, grad_buffer=None):
         self.outputs = tuple(outputs)
+        for output in self.outputs:
+            if not isinstance(output, Node):
+                raise TypeError(f"a Graph is built from nodes (the loss, a metric), not {output!r} "
+                                f"({type(output).__name__})")
         self.dtype = np.dtype(dtype)
         self.nodes = topological_order(self.outputs)
         self.comp_nodes = [n for n in self.nodes if isinstance(n, CompNode)]
@@ -143,17 +152,18 @@ class Graph:
         names = [p.name for p in self.parameters]
         if len(set(names)) < len(names):
             raise ValueError(f"two parameters share a name in {names}: parameter names must be unique")
-        self._pack_parameters(grad_tail)
+        self._pack_parameters(grad_buffer or (lambda n: np.zeros(n, self.dtype)))
         self._ancestors: dict[int, list[CompNode]] = {}
 
-    def _pack_parameters(self, grad_tail: int):
+    def _pack_parameters(self, grad_buffer):
         """Copy every parameter into one flat buffer and make ``p.value``/``p.grad`` views into it."""
         sizes = [p.value.size for p in self.parameters]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         n = int(self.offsets[-1])
         self.params = np.empty(n, dtype=self.dtype)
-        self.grads_with_tail = np.zeros(n + grad_tail, dtype=self.dtype)
-        self.grads = self.grads_with_tail[:n]
+        self.grads = grad_buffer(n)
+        if self.grads.shape != (n,) or self.grads.dtype != self.dtype:
+            raise ValueError(f"grad_buffer gave {self.grads.dtype} {self.grads.shape}, not {self.dtype} ({n},)")
         for p, start, stop in zip(self.parameters, self.offsets[:-1], self.offsets[1:]):
             shape = p.value.shape
             self.params[start:stop] = np.asarray(p.value, dtype=self.dtype).ravel()
@@ -175,6 +185,12 @@ class Graph:
     def layout(self) -> list:
         """[[name, shape], ...] in buffer order: what a checkpoint must match."""
         return [[p.name, list(p.value.shape)] for p in self.parameters]
+
+    def structure(self) -> list:
+        """[[op type, name, [positions of its inputs]], ...] in node order: what a checkpoint's graph must match
+        (two graphs with the same parameters but another op, or other wiring, differ here)."""
+        position = {id(node): k for k, node in enumerate(self.nodes)}
+        return [[type(n).__name__, n.name, [position[id(i)] for i in n.inputs]] for n in self.nodes]
 
     def segments(self) -> list:
         """[(name, start, stop), ...]: where each parameter lies in the flat buffers."""
@@ -224,7 +240,20 @@ class Graph:
         loss.grad[...] = grad_scale                 # loss.grad = 1/nBatch
         for node in reversed(ancestors):
             if node.needs_grad:                     # nodes with no parameter upstream have nothing to pass on
-                node.backward()
+                self._run_backward(node)
+
+    @staticmethod
+    def _run_backward(node: CompNode):
+        """node.backward(), then a check that it left its inputs' gradients in their shapes: a wrong one
+        is blamed on this op, not on the op that meets it later."""
+        try:
+            node.backward()
+        except ShapeError as error:
+            raise ShapeError(f"{node.label()}.backward: {error}") from None
+        for parent in node.inputs:
+            if parent.needs_grad and np.shape(parent.grad) != parent.value.shape:
+                raise ShapeError(f"{node.label()}.backward gave {parent.describe()} a gradient of shape "
+                                 f"{np.shape(parent.grad)}")
 
     def _ancestors_of(self, loss: Node) -> list[CompNode]:
         """The computed nodes ``loss`` depends on (itself included), in forward order."""

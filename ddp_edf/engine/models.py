@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import check_integer, check_option
 from .graph import Input, Node, Parameter
 from .ops import Affine, ErrorRate, LogLoss, Relu, Sigmoid, Softmax, SoftmaxCrossEntropy, Tanh
 
@@ -68,8 +69,7 @@ def logistic_regression(n_in: int, n_classes: int, seed: int = 0) -> Model:
 
 def mlp(n_in: int, hidden, n_classes: int, activation: str = "relu", seed: int = 0) -> Model:
     """x -> [Affine -> activation] for each hidden width -> Affine -> softmax cross-entropy."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation '{activation}'; choose one of {sorted(ACTIVATIONS)}")
+    check_option("mlp", "activation", activation, activation in ACTIVATIONS, f"is not one of {list(ACTIVATIONS)}")
     rng = np.random.default_rng(seed)
     init = he_normal if activation == "relu" else glorot_uniform
     x, y = Input("x"), Input("y")
@@ -96,15 +96,25 @@ def lecture_mlp(n_in: int, n_hidden: int, n_classes: int, seed: int = 0) -> Mode
     return _finish(x, y, Q, loss)
 
 
+def check_model(kind: str, hidden, activation: str, seed: int):
+    """Refuse a model kind, widths, activation or seed build_model cannot take (OptionError naming it)."""
+    check_option("build_model", "kind", kind, kind in MODEL_KINDS, f"is not one of {list(MODEL_KINDS)}")
+    check_option("build_model", "hidden", hidden, all(isinstance(w, int) and not isinstance(w, bool) and
+                                                      1 <= w <= 1_000_000 for w in hidden),
+                 "must be a list of integer widths in [1, 1000000]")
+    check_option("build_model", "hidden", hidden, kind != "lecture_mlp" or len(hidden) == 1,
+                 "must hold one width for lecture_mlp")
+    check_option("build_model", "activation", activation, kind != "mlp" or activation in ACTIVATIONS,
+                 f"is not one of {list(ACTIVATIONS)}")
+    check_integer("build_model", "seed", seed, 0)
+
+
 def build_model(kind: str, n_in: int, n_classes: int, hidden=(256,), activation: str = "relu",
                 seed: int = 0) -> Model:
-    """A model by name: 'logreg', 'mlp' or 'lecture_mlp' (uses the first hidden width)."""
+    """A model by name: 'logreg', 'mlp' or 'lecture_mlp' (one hidden width); logreg ignores ``hidden``."""
+    check_model(kind, hidden, activation, seed)
     if kind == "logreg":
         return logistic_regression(n_in, n_classes, seed)
     if kind == "mlp":
         return mlp(n_in, hidden, n_classes, activation, seed)
-    if kind == "lecture_mlp":
-        if len(hidden) != 1:
-            raise ValueError(f"lecture_mlp has exactly one hidden layer; got hidden = {list(hidden)}")
-        return lecture_mlp(n_in, hidden[0], n_classes, seed)
-    raise ValueError(f"unknown model kind '{kind}'; choose one of {list(MODEL_KINDS)}")
+    return lecture_mlp(n_in, hidden[0], n_classes, seed)

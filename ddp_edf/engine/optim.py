@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import check_integer, check_option
+
 
 class Optimizer:
     """Common shape of SGD and Adam: hyper-parameters, state arrays named in ``state_names``."""
@@ -20,9 +22,9 @@ class Optimizer:
     state_names: tuple[str, ...] = ()
 
     def __init__(self, lr: float, weight_decay: float = 0.0):
-        if not lr > 0 or not weight_decay >= 0:
-            raise ValueError(f"{type(self).__name__} needs lr > 0 and weight_decay >= 0 "
-                             f"(got lr = {lr}, weight_decay = {weight_decay})")
+        owner = type(self).__name__
+        check_option(owner, "lr", lr, _number(lr) and lr > 0, "must be > 0")
+        check_option(owner, "weight_decay", weight_decay, _number(weight_decay) and weight_decay >= 0, "must be >= 0")
         self.lr, self.weight_decay = lr, weight_decay
         self.steps_taken = 0
         self.state: dict[str, np.ndarray] = {}
@@ -63,9 +65,8 @@ class SGD(Optimizer):
     def __init__(self, lr: float = 0.1, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
         super().__init__(lr, weight_decay)
-        if not 0 <= momentum < 1 or (nesterov and momentum == 0):
-            raise ValueError(f"SGD needs 0 <= momentum < 1, and momentum > 0 for Nesterov "
-                             f"(got momentum = {momentum}, nesterov = {nesterov})")
+        check_option("SGD", "momentum", momentum, _number(momentum) and 0 <= momentum < 1, "must be in [0, 1)")
+        check_option("SGD", "nesterov", nesterov, not nesterov or momentum > 0, "needs momentum > 0")
         self.momentum, self.nesterov = momentum, nesterov
         self.state_names = ("velocity",) if momentum else ()
 
@@ -90,8 +91,9 @@ class Adam(Optimizer):
 
     def __init__(self, lr: float = 0.001, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(lr, weight_decay)
-        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1 and eps > 0):
-            raise ValueError(f"Adam needs betas in [0, 1) and eps > 0 (got betas = {betas}, eps = {eps})")
+        for name, beta in zip(("beta1", "beta2"), betas):
+            check_option("Adam", name, beta, _number(beta) and 0 <= beta < 1, "must be in [0, 1)")
+        check_option("Adam", "eps", eps, _number(eps) and eps > 0, "must be > 0")
         self.beta1, self.beta2 = betas
         self.eps = eps
 
@@ -130,12 +132,18 @@ class Schedule:
     total_steps: int = 0      # the cosine's horizon; 0 = the run's length (Trainer.fit's steps)
 
     def __post_init__(self):
-        if self.kind not in SCHEDULES:
-            raise ValueError(f"unknown schedule '{self.kind}'; choose one of {list(SCHEDULES)}")
-        if self.kind == "step" and self.step_size <= 0:
-            raise ValueError("the 'step' schedule needs step_size > 0")
-        if self.warmup_steps < 0 or not 0 < self.gamma <= 1 or self.min_lr < 0 or self.total_steps < 0:
-            raise ValueError("a schedule needs warmup_steps >= 0, 0 < gamma <= 1, min_lr >= 0 and total_steps >= 0")
+        check_option("Schedule", "kind", self.kind, self.kind in SCHEDULES, f"is not one of {list(SCHEDULES)}")
+        for name in ("warmup_steps", "step_size", "total_steps"):
+            check_integer("Schedule", name, getattr(self, name), 0)
+        check_option("Schedule", "step_size", self.step_size, self.kind != "step" or self.step_size > 0,
+                     "must be >= 1 for the 'step' schedule")
+        check_option("Schedule", "gamma", self.gamma, _number(self.gamma) and 0 < self.gamma <= 1, "must be in (0, 1]")
+        check_option("Schedule", "min_lr", self.min_lr, _number(self.min_lr) and self.min_lr >= 0, "must be >= 0")
+
+    def check(self, lr: float):
+        """Refuse a cosine that would climb from ``lr`` to a larger min_lr."""
+        check_option("Schedule", "min_lr", self.min_lr, self.kind != "cosine" or self.min_lr <= lr,
+                     f"exceeds lr = {lr}: a cosine schedule would climb; give min_lr <= lr")
 
     def __call__(self, step: int, base_lr: float, total_steps: int = 0) -> float:
         if step < self.warmup_steps:
@@ -147,3 +155,7 @@ class Schedule:
             progress = min(t / max((self.total_steps or total_steps) - self.warmup_steps, 1), 1.0)
             return self.min_lr + (base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
         return base_lr
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,14 +1,11 @@
-"""Never hang: an exception on any rank ends the whole job, and so does a step that never completes.
+"""Never hang: an exception on any rank ends the whole job.
 
 * ``run_or_abort`` runs the program; an exception on ANY rank prints that rank's traceback (each
   line prefixed with its rank) and calls MPI Abort, which ends every rank of the job within
   seconds, even those blocked in a collective waiting for the failed one.
-* ``Watchdog``: if no step completes within ``timeout_s``, the rank dumps the Python stacks of
-  all its threads (faulthandler) and aborts the job, instead of burning an allocation in a deadlock.
-* ``abort_on_uncaught_exception``: the same for a user's script that trains through the Python API
-  (as ``python -m mpi4py`` would do, which users forget).
-* Ctrl-C: under MPI, SIGINT gets its default action (terminate at once), which works even inside
-  a blocking MPI call where a Python KeyboardInterrupt would never be raised.
+* ``communicator()`` makes the communicator of a user's script and does the same for it (as
+  ``python -m mpi4py`` would do, which users forget), with the watchdog of every collective
+  (parallel/watchdog.py) and Ctrl-C ending every rank with exit code 130 (parallel/comm.py).
 * ``stop_signals``: SIGTERM and SIGUSR1 (preemption, a time limit) only set a flag, so every rank
   can finish its step, agree, and checkpoint.
 """
@@ -16,17 +13,16 @@
 from __future__ import annotations
 
 import contextlib
-import faulthandler
 import signal
 import sys
 import threading
 import time
 import traceback
 
-from .comm import make_comm
+from .comm import EXIT_INTERRUPTED, make_comm
+from .threads import configure_blas_threads
 
 EXIT_FAILURE = 1
-EXIT_INTERRUPTED = 130
 
 
 def print_error(comm, error: BaseException, with_traceback: bool):
@@ -57,12 +53,10 @@ def run_or_abort(comm, main, expected_errors=(), collective_errors=()):
     ``collective_errors`` are raised identically on every rank, so rank 0 prints them and aborts; another
     rank prints its own only if rank 0 has not ended the job 2 s later (rank 0 never met the error).
     """
-    if comm.world_size > 1:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         return main()
     except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
+        sys.stderr.write("ddp_edf: interrupted (Ctrl-C); no checkpoint is written\n")
         code = EXIT_INTERRUPTED
     except BaseException as error:  # noqa: BLE001  (any failure must end the job)
         if isinstance(error, SystemExit):
@@ -82,13 +76,16 @@ def run_or_abort(comm, main, expected_errors=(), collective_errors=()):
     return code
 
 
-def communicator(kind: str = "auto"):
+def communicator(kind: str = "auto", timeout_s: float = 300.0, blas_threads: int = 0):
     """The communicator of this process: MPI when mpirun/mpiexec/srun started it, else one process
-    ('mpi' or 'serial' force one).  From now on an exception that nobody catches, on any rank, ends
-    the whole job (as ``python -m mpi4py`` would) instead of leaving the other ranks waiting: make
-    it first thing in a script run under mpirun."""
-    comm = make_comm(kind)
+    ('mpi' or 'serial' force one).  Make it first thing in a script run under mpirun: from now on an
+    exception that nobody catches, on any rank, ends the whole job (as ``python -m mpi4py`` would)
+    instead of leaving the other ranks waiting; a rank that waits in a collective for ``timeout_s``
+    ends it too (0: never); Ctrl-C ends every rank (exit code 130).  BLAS gets ``blas_threads`` threads
+    (0: the host's cores divided among the ranks on it, unless OMP_NUM_THREADS & co. are set)."""
+    comm = make_comm(kind, timeout_s)
     abort_on_uncaught_exception(comm)
+    comm.blas_note = configure_blas_threads(comm.local_size, blas_threads)
     return comm
 
 
@@ -118,57 +115,3 @@ def stop_signals(request_stop, signals=(signal.SIGTERM, signal.SIGUSR1)):
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-class WatchdogFired(RuntimeError):
-    """No progress for longer than the timeout: the run ends with an error even if it then went on."""
-
-
-class Watchdog:
-    """Abort the job when ``kick()`` has not been called for ``timeout_s`` seconds (0 = off) while
-    inside ``with watchdog:`` (re-entrant: the outermost ``with`` starts and stops the watching)."""
-
-    def __init__(self, comm, timeout_s: float, poll_s: float = 1.0, grace_s: float = 3.0):
-        self.comm, self.timeout_s, self.poll_s, self.grace_s = comm, timeout_s, poll_s, grace_s
-        self.last_kick, self.what, self.depth, self.fired = time.monotonic(), "start", 0, None
-        self._stop = threading.Event()
-
-    def __enter__(self):
-        self.depth += 1
-        if self.depth == 1:
-            self.fired = None
-        if self.depth == 1 and self.timeout_s > 0:
-            self.kick("start")
-            self._stop.clear()
-            threading.Thread(target=self._watch, name="ddp_edf-watchdog", daemon=True).start()
-        return self
-
-    def __exit__(self, *exception):
-        self.depth -= 1
-        if self.depth == 0:
-            self._stop.set()
-            if self.fired and not exception[0]:
-                raise WatchdogFired(self.fired)
-
-    def kick(self, what: str = ""):
-        self.last_kick = time.monotonic()
-        self.what = what
-
-    def _watch(self):
-        stop = self._stop
-        while not stop.wait(min(self.poll_s, self.timeout_s)):
-            idle = time.monotonic() - self.last_kick
-            if idle > self.timeout_s:
-                self._fire(idle)
-                return
-
-    def _fire(self, idle: float):
-        rank = self.comm.rank
-        self.fired = (f"watchdog: no progress for {idle:.0f} s (timeout {self.timeout_s:g} s: dist.timeout_s, "
-                      f"or the Trainer's timeout_s; last: {self.what}); a rank is stuck or dead")
-        sys.stderr.write(f"[rank {rank}] ddp_edf: {self.fired}. Stacks of rank {rank}:\n")
-        sys.stderr.flush()
-        faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)   # the process's own stderr
-        sys.stderr.flush()
-        time.sleep(self.grace_s)  # the other ranks' watchdogs fire about now: let them dump their stacks too
-        self.comm.abort(EXIT_FAILURE)

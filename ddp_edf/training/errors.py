@@ -1,13 +1,23 @@
-"""How a training run ends other than by finishing: an error that names its cause, or preemption;
-and the checks that refuse bad options before any work."""
+"""How a training run ends other than by finishing: an error that names its cause and its fix, or
+preemption (exit code 75, continue with resume="auto")."""
+
+import errno
 
 import numpy as np
 
-EXIT_PREEMPTED = 75   # EX_TEMPFAIL: "try again" (continue with resume="auto")
+EXIT_PREEMPTED = 75   # EX_TEMPFAIL: "try again"
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message says why and what to try."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or belongs to another model, optimizer or run."""
+
+
+class RunFolderError(RuntimeError):
+    """The output folder cannot be used (a file, not creatable, in use, full, holding another run)."""
 
 
 class Preempted(SystemExit):
@@ -22,29 +32,12 @@ class Preempted(SystemExit):
         return self.message
 
 
-MINIMUM = {"global_batch": 1, "micro_batches": 1, "chunk": 1, "eval_batch": 1, "keep_checkpoints": 1, "seed": -1, "epochs": 1,
-           "checkpoint_every": 0, "log_every": 0, "eval_every": 0, "check_every": 0, "max_steps": 0}
-
-
-def check_options(**options):
-    """Refuse a Trainer (or fit) option of the wrong type or out of range, naming it, before any work."""
-    for name, value in options.items():
-        if name in MINIMUM and (not isinstance(value, int) or isinstance(value, bool) or value < MINIMUM[name]):
-            raise ValueError(f"option {name} = {value!r} must be an integer >= {MINIMUM[name]}")
-    if options.get("micro_batches", 1) > options.get("global_batch", options.get("micro_batches", 1)):
-        raise ValueError(f"option micro_batches = {options['micro_batches']} exceeds global_batch = "
-                         f"{options['global_batch']}: a micro-batch needs an example")
-    timeout = options.get("timeout_s", 0)
-    if not (isinstance(timeout, (int, float)) and (timeout == 0 or timeout >= 1)):
-        raise ValueError(f"option timeout_s = {timeout!r} must be 0 (off) or at least 1 second")
-    if options.get("nonfinite", "stop") not in ("stop", "skip"):
-        raise ValueError(f"option nonfinite = {options['nonfinite']!r} must be 'stop' or 'skip'")
-    if not 0 <= options.get("max_skipped", 0) < 1:
-        raise ValueError(f"option max_skipped = {options['max_skipped']!r} must be a fraction in [0, 1)")
-    schedule, lr = options.get("schedule", (None, 0))
-    if schedule is not None and schedule.kind == "cosine" and schedule.min_lr > lr:
-        raise ValueError(f"a cosine schedule from lr = {lr} down to min_lr = {schedule.min_lr} would climb: "
-                         f"give min_lr <= lr")
+def disk_error(error: OSError, path) -> RunFolderError:
+    """The one-line error for a failed write; a full disk says so and what then works."""
+    if error.errno == errno.ENOSPC:
+        return RunFolderError(f"disk full at {path}: free space there and rerun with --resume auto (resume=\"auto\"): "
+                              f"it continues from the newest checkpoint, which is intact, or starts afresh without one")
+    return RunFolderError(f"cannot write {path} ({error.strerror})")
 
 
 def check_skipped(skipped: int, steps: int, limit: float, final: bool, params=None):

@@ -2,87 +2,45 @@
 
     loss = (sum over every example of ell[b]) / N,   error = (sum of err[b]) / N
 
-Each rank evaluates a contiguous shard of the split, and (loss sum, error sum, count) are summed
-over ranks.  In the deterministic mode the sums are exact (Fractions of correctly rounded float
-sums) and the split is cut into fixed pieces of ``batch`` examples, each rank taking a contiguous run
-of whole pieces: a piece's per-example values are then the same bits on any number of ranks (a
-GEMM's rounding depends on how many rows it multiplies), and so are the figures.
+The split is cut into fixed pieces of ``batch`` examples, and each rank evaluates a contiguous run of
+whole pieces.  Each piece's sums are correctly rounded (math.fsum) and added as Fractions, exact in
+any order, so the figures do not depend on how the pieces fall on ranks: on any number of ranks
+whose pieces give the same per-example values (the deterministic mode's one BLAS thread per rank),
+they are the same floats.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 
-from ..data import shard_bounds
+from ..parallel.reducers import shard_bounds
 
 
-@dataclass
-class Totals:
-    """Sums over examples, reduced across ranks before they are reported; ``exact``: as Fractions
-    (whatever the order of the examples and ranks), else float64 (faster)."""
-
-    exact: bool = False
-    loss: float | Fraction = 0.0
-    errors: float | Fraction = 0.0
-    count: int = 0
-
-    def add(self, losses: np.ndarray, errors: np.ndarray | None, examples: int) -> float:
-        """Add a (micro-)batch's per-example losses and errors; returns its loss sum."""
-        if np.shape(losses) != (examples,) or (errors is not None and np.shape(errors) != (examples,)):
-            raise ValueError(f"the loss (and errors) must hold one value per example, shape ({examples},); got "
-                             f"{np.shape(losses)}{'' if errors is None else f' and {np.shape(errors)}'}")
-        loss_sum = self._sum(losses)
-        self.loss += loss_sum
-        self.errors += 0.0 if errors is None else self._sum(errors)
-        self.count += len(losses)
-        return float(loss_sum)
-
-    def _sum(self, values):
-        total = float(np.sum(values, dtype=np.float64))
-        if self.exact and math.isfinite(total):   # correctly rounded, then exact: no order matters
-            return Fraction(math.fsum(np.asarray(values, np.float64).tolist()))
-        return total                              # a non-finite float turns a Fraction sum into a float
-
-    def reduced(self, comm) -> "Totals":
-        """The sums over every rank."""
-        parts = comm.allgather_obj((self.loss, self.errors, self.count))
-        return Totals(self.exact, *(sum(column) for column in zip(*parts)))
-
-    def figures(self, with_error: bool = True) -> dict:
-        """{"loss", "error"} means over the examples (NaN when there were none)."""
-        n = self.count or math.nan
-        return {"loss": float(self.loss / n), **({"error": float(self.errors / n)} if with_error else {})}
+def exact_sum(values) -> Fraction | float:
+    """The exact sum of ``values`` (a float when it is not finite: a Fraction cannot hold it)."""
+    total = math.fsum(np.asarray(values, np.float64).ravel().tolist())
+    return Fraction(total) if math.isfinite(total) else total
 
 
-def feed(inputs, arrays):
-    """Set each Input's value to its array of the batch (a split must give one array per Input)."""
-    arrays = tuple(arrays)
-    if len(arrays) != len(inputs):
-        raise ValueError(f"the split's batch() gave {len(arrays)} arrays for {len(inputs)} inputs")
-    for node, value in zip(inputs, arrays):
-        node.value = value
-
-
-def evaluate(graph, loss, errors, inputs, split, comm, batch: int = 1000, on_batch=lambda: None,
-             exact: bool = False) -> dict:
-    """Loss (and error rate, if ``errors`` is a node) over the whole split, sharded over ranks;
-    ``on_batch()`` after every forward pass (the watchdog's kick).  ``exact``: the deterministic mode's
-    fixed pieces and exact sums."""
-    totals = Totals(exact)
-    if exact:   # DDP: this rank's whole pieces of ``batch`` examples
-        first, last = shard_bounds(-(-len(split) // batch), comm.rank, comm.world_size)
-        start, stop = first * batch, min(last * batch, len(split))
-    else:       # DDP: this rank's contiguous part
-        start, stop = shard_bounds(len(split), comm.rank, comm.world_size)
-    for lo in range(start, stop, batch):
-        hi = min(lo + batch, stop)
-        feed(inputs, split.batch(slice(lo, hi)))
-        graph.forward()
-        totals.add(loss.value, None if errors is None else errors.value, hi - lo)
-        on_batch()
-    totals = totals.reduced(comm)    # DDP: sums and counts, never averages of averages
-    return {**totals.figures(errors is not None), "examples": totals.count}
+def evaluate(run_piece, n: int, comm, batch: int = 1000, with_error: bool = True) -> dict:
+    """Loss (and error rate) over the n examples of a split, sharded over ranks.  ``run_piece(lo, hi)``
+    runs the graph on examples [lo, hi) and returns their per-example losses and errors (or None).
+    Collective: every rank calls it."""
+    first, last = shard_bounds(-(-n // batch), comm.rank, comm.world_size)
+    loss, errors, count = Fraction(0), Fraction(0), 0
+    for lo in range(first * batch, min(last * batch, n), batch):
+        hi = min(lo + batch, n)
+        losses, wrong = run_piece(lo, hi)
+        loss += exact_sum(losses)
+        errors += exact_sum(wrong) if wrong is not None else 0
+        count += hi - lo
+    parts = comm.allgather_obj((loss, errors, count))    # DDP: sums and counts, never averages of averages
+    loss, errors, count = (sum(column) for column in zip(*parts))
+    n_examples = count or math.nan
+    figures = {"loss": float(loss / n_examples), "examples": count}
+    if with_error:
+        figures["error"] = float(errors / n_examples)
+    return figures

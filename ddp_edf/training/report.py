@@ -11,7 +11,9 @@ import os
 import sys
 import time
 
-from .run_folder import disk_error
+from tqdm import tqdm
+
+from .errors import disk_error
 
 
 class Reporter:
@@ -38,12 +40,8 @@ class Reporter:
             raise disk_error(error, handle.name) from None
 
     def start_progress(self, total_steps: int, done: int = 0):
-        """A tqdm progress bar over the run's steps, when stderr is a terminal and tqdm is installed."""
+        """A tqdm progress bar over the run's steps, when stderr is a terminal."""
         if not (self.enabled and self.echo and sys.stderr.isatty()):
-            return
-        try:
-            from tqdm import tqdm
-        except ImportError:
             return
         self._bar = tqdm(total=total_steps, initial=done, unit="step", dynamic_ncols=True, leave=False)
 

@@ -33,6 +33,18 @@ log() { echo "[cluster] $*" >&2; }
 nodes() { cat "$BASE/nodes" 2>/dev/null || true; }
 on() { local n=$1; shift; ip netns exec "$n" nsenter --uts="$UTSDIR/$n" -- "$@"; }
 
+check_base() {   # munged runs as user munge and needs its socket under BASE: every folder above must be enterable
+  local dir=$BASE
+  while [ ! -e "$dir" ]; do dir=$(dirname "$dir"); done
+  while [ "$dir" != / ]; do
+    [[ $(stat -c %A "$dir") =~ ^d........[xt] ]] || {
+      echo "netns_cluster.sh: CLUSTER_BASE=$BASE is under $dir ($(stat -c %A "$dir")), which the munge and Slurm" \
+           "daemons cannot enter: choose a CLUSTER_BASE under a folder every user may enter (e.g. /tmp/ddp_edf_cluster)" >&2
+      return 1; }
+    dir=$(dirname "$dir")
+  done
+}
+
 install_packages() {
   command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null && return
   apt-get update -q
@@ -198,7 +210,9 @@ case "${1:-}" in
     [[ "$count" =~ ^[2-4]$ ]] || { echo "netns_cluster.sh: N must be 2, 3 or 4" >&2; exit 2; }
     ip link show "$BRIDGE" >/dev/null 2>&1 && { echo "netns_cluster.sh: already up; run '$0 down' first" >&2; exit 1; }
     [ "$(id -u)" -eq 0 ] || { echo "netns_cluster.sh: needs root (network namespaces)" >&2; exit 1; }
-    trap 'log "up failed: tearing down"; down' ERR
+    check_base || exit 2
+    # down turns errexit off: the trap must end the script itself, with a failure
+    trap 'log "up failed: tearing down"; down; exit 1' ERR
     install_packages
     mkdir -p "$BASE"; seq -f "ddpn%g" 1 "$count" > "$BASE/nodes"
     network_up; write_conf; munge_up; slurm_up; links_up

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ddp_edf.parallel.comm import MPIComm, launched_by_mpi
-from ddp_edf.parallel.data_parallel import OutOfSyncError, check_in_sync
+from ddp_edf.parallel.agreement import OutOfSyncError, check_in_sync
 
 
 def agree(comm, ok: bool, message: str = ""):
@@ -69,35 +69,40 @@ def gradient_like_terms(count=11, size=3001, seed=4):
     return terms
 
 
+def reduce_terms(reducer, terms, figures, stop):
+    """Each of this rank's chunks of a batch of len(terms) (chunk 1) adds its term; then the reduction."""
+    grads = reducer.gradient_buffer(terms.shape[1])
+    for lo, _ in reducer.pieces(len(terms)):
+        grads[:] = terms[lo]
+        reducer.add(grads, *figures[lo])
+    figures = reducer.reduce(stop)
+    return grads, figures
+
+
 @pytest.mark.mpi(min_size=2)
 def test_exact_sum_gives_the_same_bits_however_the_terms_are_spread():
-    from ddp_edf.data import shard_bounds
+    from threadpoolctl import threadpool_limits
+    from ddp_edf import ExactSum
     from ddp_edf.parallel.comm import SerialComm
-    from ddp_edf.parallel.exact_sum import ExactSum
     comm = MPIComm()
     terms = gradient_like_terms()
-    results = []
-    for communicator, mine in ((comm, range(*shard_bounds(len(terms), comm.rank, comm.world_size))),
-                               (SerialComm(), range(len(terms)))):
-        exact, out, flags = ExactSum(communicator, terms.shape[1]), np.empty(3001, np.float32), np.zeros(2)
-        for t in mine:
-            exact.add(terms[t])
-        flags[:] = (0, comm.rank == 1)
-        exact.allreduce(out, flags, total_terms=len(terms))
-        results.append((out, flags.tolist()))
-    (parallel, flags), (serial, _) = results
-    agree(comm, np.array_equal(parallel, serial) and flags == [0, 1], f"flags {flags}")
+    figures = np.random.default_rng(3).uniform(0, 30, (len(terms), 2))
+    with threadpool_limits(limits=1, user_api="blas"):
+        parallel, (loss, errors, stop) = reduce_terms(ExactSum(comm, chunk=1), terms, figures, comm.rank == 1)
+        serial, serial_figures = reduce_terms(ExactSum(SerialComm(), chunk=1), terms, figures, False)
+    agree(comm, np.array_equal(parallel, serial) and (loss, errors) == serial_figures[:2] and stop,
+          f"figures {loss, errors, stop} vs {serial_figures}")
 
 
 @pytest.mark.mpi(min_size=2)
 def test_a_nan_on_one_rank_reaches_every_rank_without_a_hang():
     """MPI's MAX may drop a NaN: the exact sum sends inf instead, so every rank takes the same branch."""
-    from ddp_edf.parallel.exact_sum import ExactSum
+    from threadpoolctl import threadpool_limits
+    from ddp_edf import ExactSum
     comm = MPIComm()
-    exact, out, flags = ExactSum(comm, 100), np.empty(100, np.float32), np.zeros(2)
-    term = np.ones(100, np.float32)
-    term[3] = np.nan if comm.rank == comm.world_size - 1 else 1
-    exact.add(term)
-    exact.allreduce(out, flags, total_terms=comm.world_size)
+    terms = np.ones((comm.world_size, 100), np.float32)
+    terms[-1, 3] = np.nan
+    with threadpool_limits(limits=1, user_api="blas"):
+        out, (loss, _, _) = reduce_terms(ExactSum(comm, chunk=1), terms, np.zeros((comm.world_size, 2)), False)
     comm.allreduce(np.ones(5))                  # the ranks still pair their collectives
-    agree(comm, bool(np.isnan(out).all()) and flags[0] == 1, f"out {out[:3]}, flags {flags}")
+    agree(comm, bool(np.isnan(out).all()) and np.isnan(loss), f"out {out[:3]}, loss {loss}")

@@ -13,7 +13,7 @@ import pytest
 from ddp_edf.config import load_config
 from ddp_edf.parallel.comm import MPIComm, SerialComm
 from ddp_edf.train import build_trainer
-from ddp_edf.training.checkpoint import latest_checkpoint
+from ddp_edf.training.run_folder import latest_checkpoint
 from idx_files import write_dataset
 from test_comm import agree
 
@@ -38,7 +38,7 @@ def config_for(folder, *extra):
 
 
 def train(config, comm, out=None, resume=None):
-    trainer = build_trainer(config, comm, out=out, echo=False)
+    trainer = build_trainer(config, comm, out=out)
     trainer.fit(config.train.epochs, config.train.max_steps, resume=resume)
     return trainer
 
@@ -67,10 +67,10 @@ def test_sharded_evaluation_equals_one_process(shared_dir, monkeypatch, tmp_path
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     comm = MPIComm()
     trainer = train(config_for(shared_dir, "train.max_steps=20"), comm)
-    serial = build_trainer(config_for(shared_dir), SerialComm(), echo=False)
+    serial = build_trainer(config_for(shared_dir), SerialComm())
     serial.graph.params[...] = trainer.graph.params
     for split in (trainer.dev, trainer.test, trainer.train):
-        trainer.eval_batch, serial.eval_batch = 7, 1000
+        trainer.options.eval.batch, serial.options.eval.batch = 7, 1000
         sharded, whole = trainer.evaluate(split), serial.evaluate(split)
         # The same examples, each counted once; per-example losses agree to float32 rounding (a GEMM's
         # rounding of a row can depend on how many rows it multiplies at once).
@@ -84,7 +84,7 @@ def test_sharded_evaluation_equals_one_process(shared_dir, monkeypatch, tmp_path
 @pytest.mark.parametrize("extra", [("optim.momentum=0.9", "optim.weight_decay=0.001", "optim.schedule=step",
                                     "optim.step_size=50", "dist.chunk=4"),
                                    ("optim.name=adam", "optim.lr=0.003", "optim.schedule=cosine",
-                                    "optim.warmup_steps=20", "train.micro_batches=3", "dist.chunk=3")])
+                                    "optim.warmup_steps=20", "dist.chunk=3")])
 def test_deterministic_mode_is_bit_for_bit_one_process(shared_dir, extra, monkeypatch, tmp_path):
     """dist.deterministic: the same parameters, optimizer state and figures, to the bit, as one process
     (a batch of 25 that W does not divide, cut in chunks of 4 or 3 (the last 1), and a short last batch of 10)."""
