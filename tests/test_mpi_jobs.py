@@ -167,10 +167,10 @@ if mode == "other" and comm.rank == 1:
     X[7, 2] = 0.5                                     # the same shapes, one value differs
 x, y = Input("x"), Input("y")
 loss = SoftmaxCrossEntropy(Affine(x, Parameter("W", np.zeros((4, 2))), Parameter("b", np.zeros(2))), y)
-if mode in ("step on rank 0", "evaluate on rank 0"):
+if mode == "step on rank 0":
     dp = DataParallel(loss, (x, y), Allreduce(comm))
     if comm.rank == 0:
-        dp.step((X, Y), np.arange(10), SGD()) if mode.startswith("step") else dp.evaluate((X, Y))
+        dp.step((X, Y), np.arange(10), SGD())
     sys.exit(0)
 if mode == "trainer on rank 0" and comm.rank != 0:
     sys.exit(0)                                       # rank 1 leaves: rank 0 builds a Trainer alone
@@ -206,8 +206,7 @@ def test_a_script_failing_on_one_rank_or_with_other_data_ends_the_job(tmp_path, 
 @pytest.mark.parametrize("mode,call", [
     ("fit on rank 0", "in allgather (Trainer.fit > check_agreement"),
     ("trainer on rank 0", "in allgather (Trainer.__init__ > DataParallel.__init__ > check_agreement"),
-    ("step on rank 0", "in Allreduce (DataParallel.step > Allreduce.reduce"),
-    ("evaluate on rank 0", "in allgather (DataParallel.evaluate > evaluate")])
+    ("step on rank 0", "in Allreduce (DataParallel.step > Allreduce.reduce")])
 def test_a_collective_one_rank_skips_ends_the_job_within_the_timeout_naming_the_call(tmp_path, mode, call):
     """Through the Python API, rank 1 skips a call rank 0 makes (and exits): rank 0 waits in that call's
     collective until communicator(timeout_s=2) ends the job, naming the call and the script's line."""

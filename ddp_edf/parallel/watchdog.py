@@ -28,7 +28,7 @@ def check_timeout(owner: str, timeout_s):
 
 
 class Watchdog:
-    def __init__(self, rank: int, abort, timeout_s: float = 300.0, poll_s: float = 1.0, grace_s: float = 3.0):
+    def __init__(self, rank: int, abort, timeout_s: float = 300.0, poll_s: float = 1.0, grace_s: float = 2.0):
         check_timeout("communicator", timeout_s)
         self.rank, self.abort, self.timeout_s, self.poll_s, self.grace_s = rank, abort, timeout_s, poll_s, grace_s
         self.deadline = None          # while a call is watched: when this rank gives up waiting
