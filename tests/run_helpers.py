@@ -1,6 +1,9 @@
 """What the hostile-use tests share: a tiny IDX dataset, the command line's arguments for it, and
 checks that a run failed with one clear line and that nothing saved was touched."""
 
+import contextlib
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -49,3 +52,17 @@ def tiny_checkpoint(out, step, value=1.0, size=5):
     path = Path(out) / "checkpoints" / f"step-{step:08d}.npz"
     write_checkpoint(path, graph, None, {"step": step, "seed": 1, "world_size": 1, "skipped_steps": 0, "run": {}})
     return path
+
+
+needs_root_for_tmpfs = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+
+
+@contextlib.contextmanager
+def small_disk(folder, size: str):
+    """``folder`` made a tmpfs of ``size`` (e.g. "64k") while inside: a disk that fills up for real."""
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

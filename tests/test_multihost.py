@@ -42,13 +42,18 @@ def can_make_namespaces() -> str | None:
     return None if probe.returncode == 0 else f"cannot make a network namespace here: {probe.stderr.strip()}"
 
 
-@pytest.fixture(scope="module")
-def cluster():
+def require_namespaces():
+    """Skip (fail on CI, which runs as root) unless this process can make network namespaces."""
     reason = can_make_namespaces()
     if reason and os.environ.get("CI"):
         pytest.fail(f"CI runs as root and must build the cluster: {reason}")
     if reason:
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    require_namespaces()
     if not shutil.which("slurmctld") and not shutil.which("apt-get"):
         pytest.skip("needs Slurm (apt-get install slurmctld slurmd slurm-client munge)")
     base = Path("/tmp/ddp_edf_cluster")    # munged (user munge) must reach it: not under pytest's 0700 tmp

@@ -2,7 +2,6 @@
 the fix (exit code 1, never a traceback), and nothing saved is touched."""
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from ddp_edf import train as train_cli
 from ddp_edf.config import ConfigError, load_config
 from ddp_edf.training.run_folder import latest_checkpoint
 from idx_files import idx_bytes, write_dataset
-from run_helpers import args, data, fails, files  # noqa: F401  (data is a fixture)
+from run_helpers import args, data, fails, files, needs_root_for_tmpfs, small_disk  # noqa: F401  (data: a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,12 +71,9 @@ def test_an_output_folder_that_cannot_be_one(data, tmp_path, capsys, place, expe
     fails(capsys, args(data, out), expected, str(out))
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+@needs_root_for_tmpfs
 def test_a_full_disk_is_named_and_earlier_checkpoints_survive(data, tmp_path, capsys):
-    out = tmp_path / "run"
-    out.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(out)], check=True)
-    try:
+    with small_disk(tmp_path / "run", "64k") as out:
         assert train_cli.main(args(data, out, "--set", "train.max_steps=4", "--set", "checkpoint.every_steps=2")) == 0
         before = files(out / "checkpoints")
         with open(out / "filler", "wb", buffering=0) as filler:     # fill the disk to the last block
@@ -88,8 +84,6 @@ def test_a_full_disk_is_named_and_earlier_checkpoints_survive(data, tmp_path, ca
                            "model.hidden=[8]", "--set", "checkpoint.every_steps=2"), "disk full at")
         assert files(out / "checkpoints") == before       # the checkpoints that were there are intact
         assert latest_checkpoint(out)["meta"]["step"] == 4
-    finally:
-        subprocess.run(["umount", str(out)], check=True)
 
 
 def bad_checkpoint(out, **change):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ddp_edf import train as train_cli
-from run_helpers import args, data, fails, files  # noqa: F401  (data is a fixture)
+from run_helpers import args, data, fails, files, needs_root_for_tmpfs, small_disk  # noqa: F401  (data: a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,12 +91,9 @@ def test_a_refused_resume_changes_nothing(data, tmp_path, capsys):
     assert files(out) == before and not (out / "metrics.jsonl.partial").exists()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+@needs_root_for_tmpfs
 def test_a_disk_that_fills_with_metrics_before_any_checkpoint_can_be_resumed_as_the_error_says(data, tmp_path, capsys):
-    out = tmp_path / "run"
-    out.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(out)], check=True)
-    try:
+    with small_disk(tmp_path / "run", "96k") as out:
         (out / "filler").write_bytes(b"\0" * 64_000)
         error = fails(capsys, args(data, out, "--set", "log.every=1", "--set", "train.epochs=50"), "disk full at")
         assert "free space there and rerun with --resume auto" in error and not list(out.glob("checkpoints/*.npz"))
@@ -108,5 +105,3 @@ def test_a_disk_that_fills_with_metrics_before_any_checkpoint_can_be_resumed_as_
         assert [r["step"] for r in records(out) if r["split"] == "train"] == [1, 2, 3]
         moved = out / "checkpoints/abandoned-after-step-0/metrics.jsonl"
         assert [json.loads(line) for line in moved.read_text().splitlines()] == kept   # set aside, not lost
-    finally:
-        subprocess.run(["umount", str(out)], check=True)
