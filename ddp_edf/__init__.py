@@ -1,6 +1,6 @@
 """ddp_edf: the lecture's EDF computation-graph framework, trained data-parallel over MPI.
 
-    engine/     graph, ops, gradcheck, models, optimizers      (knows nothing of MPI or files)
+    engine/     graph, ops (conv, attention, dropout), gradcheck, models, optimizers   (knows nothing of MPI or files)
     data/       IDX datasets, splits, the epoch order          (knows nothing of graphs or MPI)
     parallel/   communicators, reducers, agreement, faults     (knows nothing of ops)
     training/   the data-parallel step, the Trainer around it  (uses all of the above)
@@ -10,9 +10,12 @@ Importing ddp_edf imports neither mpi4py nor anything else with side effects.
 """
 
 from .data.sampler import batches
+from .engine.attention import GELU, LayerNorm, PatchEmbedding, SelfAttention, TokenMean
+from .engine.conv import AvgPool2d, Conv2d, Flatten, MaxPool2d, Reshape
+from .engine.dropout import Dropout, ExampleKeys, TrainingFlag
 from .engine.gradcheck import gradcheck
 from .engine.graph import CompNode, Graph, Input, Parameter, ShapeError
-from .engine.models import Model, build_model, lecture_mlp, logistic_regression, mlp
+from .engine.models import Model, build_model, cnn, lecture_mlp, logistic_regression, mlp, vit
 from .engine.ops import Add, Affine, ErrorRate, LogLoss, Relu, Sigmoid, Softmax, SoftmaxCrossEntropy, Tanh
 from .engine.optim import SGD, Adam, Schedule
 from .errors import OptionError
@@ -26,10 +29,11 @@ from .training.trainer import Trainer
 __version__ = "0.3.0"
 
 __all__ = [
-    "Adam", "Add", "Affine", "Allreduce", "CheckpointError", "CheckpointOptions", "CompNode", "DataParallel",
-    "DistOptions", "ErrorRate", "EvalOptions", "ExactSum", "Graph", "Input", "LogLoss", "LogOptions", "Model",
-    "OptionError", "Options", "Parameter", "Preempted", "Relu", "RunFolderError", "SGD", "Schedule", "ShapeError",
-    "Sigmoid", "Softmax", "SoftmaxCrossEntropy", "StepResult", "Tanh", "TrainOptions", "Trainer", "TrainingError",
-    "batches", "build_model", "communicator", "gradcheck", "lecture_mlp", "logistic_regression", "mlp",
-    "stop_signals",
+    "Adam", "Add", "Affine", "Allreduce", "AvgPool2d", "CheckpointError", "CheckpointOptions", "CompNode", "Conv2d",
+    "DataParallel", "DistOptions", "Dropout", "ErrorRate", "EvalOptions", "ExactSum", "ExampleKeys", "Flatten", "GELU",
+    "Graph", "Input", "LayerNorm", "LogLoss", "LogOptions", "MaxPool2d", "Model", "OptionError", "Options", "Parameter",
+    "PatchEmbedding", "Preempted", "Relu", "Reshape", "RunFolderError", "SGD", "Schedule", "SelfAttention",
+    "ShapeError", "Sigmoid", "Softmax", "SoftmaxCrossEntropy", "StepResult", "Tanh", "TokenMean", "TrainOptions",
+    "Trainer", "TrainingError", "TrainingFlag", "batches", "build_model", "cnn", "communicator", "gradcheck",
+    "lecture_mlp", "logistic_regression", "mlp", "stop_signals", "vit",
 ]

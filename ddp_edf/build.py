@@ -6,7 +6,7 @@ from __future__ import annotations
 from .config import ConfigError, config_error
 from .data import load_dataset, prepare_dataset
 from .data.download import DEADLINE_S
-from .engine.models import build_model
+from .engine.models import IMAGE_MODELS, build_model
 from .errors import OptionError
 
 
@@ -17,14 +17,16 @@ def dataset_of(config, comm):
     if comm.is_root:
         prepare_dataset(data.dataset, data.dir, data.download)
     comm.barrier(patience_s=4 * DEADLINE_S)        # DDP: four files, each within the download deadline
-    return load_dataset(data.dataset, data.dir, False, data.dev_size, data.train_limit)
+    return load_dataset(data.dataset, data.dir, False, data.dev_size, data.train_limit,
+                        flat=config.model.kind not in IMAGE_MODELS)
 
 
 def model_of(config, dataset):
     """The model of ``config.model`` for the dataset's images and classes."""
     m = config.model
     try:
-        return build_model(m.kind, dataset.num_features, dataset.num_classes, m.hidden, m.activation, m.init_seed)
+        return build_model(m.kind, dataset.train.images.shape[1:], dataset.num_classes, m.hidden, m.activation,
+                           m.init_seed, m.channels, m.patch, m.dim, m.depth, m.heads, m.dropout)
     except OptionError as error:
         raise config_error("model", error) from None
     except MemoryError:

@@ -53,14 +53,21 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    kind: str = option("mlp", "logreg | mlp | lecture_mlp")
-    hidden: list = option((256,), "hidden widths (mlp; lecture_mlp takes one)")
+    kind: str = option("mlp", "logreg | mlp | lecture_mlp | cnn | vit")
+    hidden: list = option((256,), "hidden widths (mlp, cnn; lecture_mlp and vit (its blocks' MLP) take one)")
     activation: str = option("relu", "relu | sigmoid | tanh (mlp)")
-    init_seed: int = option(0, "seed of the parameter initialisation")
+    channels: list = option((32, 64), "cnn: the widths of its 3x3 convolutions, each followed by a 2x2 max pool")
+    patch: int = option(7, "vit: patches of patch x patch pixels")
+    dim: int = option(64, "vit: the model width D")
+    depth: int = option(2, "vit: transformer blocks")
+    heads: int = option(4, "vit: attention heads (they divide dim)")
+    dropout: float = option(0.0, "cnn, vit: dropout probability while training")
+    init_seed: int = option(0, "seed of the parameter initialisation (and of the dropout masks)")
 
     def __post_init__(self):
-        self.hidden = list(self.hidden)
-        check_model(self.kind, self.hidden, self.activation, self.init_seed)
+        self.hidden, self.channels = list(self.hidden), list(self.channels)
+        check_model(self.kind, self.hidden, self.activation, self.init_seed, self.channels, self.patch, self.dim,
+                    self.depth, self.heads, self.dropout)
 
 
 @dataclass
@@ -78,6 +85,7 @@ class OptimConfig:
     beta1: float = option(0.9, "adam")
     beta2: float = option(0.999, "adam")
     eps: float = option(1e-8, "adam")
+    clip_norm: float = option(0.0, "clip the reduced gradient to this global L2 norm (0 = off)")
 
     def __post_init__(self):
         optimizer_of(self)
@@ -105,7 +113,9 @@ SECTIONS = ("data", "model", "optim", "train", "eval", "log", "dist", "checkpoin
 KEY_OF = {("optim", "kind"): "schedule", ("model", "seed"): "init_seed"}
 # key -> (the key that chooses, the choices that use it): any other choice must leave the key at its default
 USED_ONLY_WITH = {
-    "model.hidden": ("model.kind", ("mlp", "lecture_mlp")), "model.activation": ("model.kind", ("mlp",)),
+    "model.hidden": ("model.kind", ("mlp", "lecture_mlp", "cnn", "vit")), "model.activation": ("model.kind", ("mlp",)),
+    "model.channels": ("model.kind", ("cnn",)), "model.dropout": ("model.kind", ("cnn", "vit")),
+    **{f"model.{key}": ("model.kind", ("vit",)) for key in ("patch", "dim", "depth", "heads")},
     "optim.momentum": ("optim.name", ("sgd",)), "optim.nesterov": ("optim.name", ("sgd",)),
     "optim.beta1": ("optim.name", ("adam",)), "optim.beta2": ("optim.name", ("adam",)),
     "optim.eps": ("optim.name", ("adam",)), "optim.step_size": ("optim.schedule", ("step",)),
@@ -116,8 +126,8 @@ USED_ONLY_WITH = {
 
 def optimizer_of(o: OptimConfig):
     """The optimizer and schedule ``o`` describes (their constructors check the values)."""
-    optimizer = (SGD(o.lr, o.momentum, o.nesterov, o.weight_decay) if o.name == "sgd" else
-                 Adam(o.lr, (o.beta1, o.beta2), o.eps, o.weight_decay) if o.name == "adam" else None)
+    optimizer = (SGD(o.lr, o.momentum, o.nesterov, o.weight_decay, o.clip_norm) if o.name == "sgd" else
+                 Adam(o.lr, (o.beta1, o.beta2), o.eps, o.weight_decay, o.clip_norm) if o.name == "adam" else None)
     if optimizer is None:
         raise OptionError("optim", "name", o.name, "is not one of ['sgd', 'adam']")
     schedule = Schedule(o.schedule, o.warmup_steps, o.step_size, o.gamma, o.min_lr)

@@ -84,6 +84,23 @@ def test_the_own_loop_script_matches_one_process_and_is_bitwise_with_the_exact_r
     assert read_checkpoint(runs[1, False])["meta"]["epochs"] == 5 and "velocity" in read_checkpoint(runs[1, False])["optim"]
 
 
+@pytest.mark.slow
+@needs_mpiexec
+def test_the_cnn_script_with_dropout_matches_one_process_and_is_bitwise_in_the_exact_mode(tmp_path):
+    script = tmp_path / "cnn.py"
+    script.write_text(readme_script("A CNN from the ops"))
+    runs = {(w, exact): tmp_path / f"w{w}{'-exact' * exact}" for w in (1, 2, 3) for exact in (False, True)}
+    printed = {key: run_script(script, key[0], out, *(["--exact"] if key[1] else [])) for key, out in runs.items()}
+    test = ast.literal_eval(printed[1, False].strip().splitlines()[-1])
+    assert test["examples"] == 300 and test["error"] < 0.05, test      # it learned the digits
+    models = {key: np.load(out / "model.npz") for key, out in runs.items()}
+    for w in (2, 3):
+        for name in models[1, False].files:
+            assert relative_difference(models[w, False][name], models[1, False][name]) <= 1e-5, (w, name)
+            assert np.array_equal(models[w, True][name], models[1, True][name]), (w, name)
+        assert printed[w, True].splitlines()[-1] == printed[1, True].splitlines()[-1]
+
+
 def toy_problem(seed=0, n=240):
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, 6)).astype(np.float32)

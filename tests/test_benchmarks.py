@@ -217,3 +217,30 @@ def test_deterministic_cost_and_accuracy(tmp_path):
     # the exact sum of the chunks is their float64 sum rounded once to float32: within float32's rounding
     assert accuracy["exact sum of the chunks"]["max"] <= 2.0 ** -24
     assert accuracy["deterministic"]["median"] < 1e-5 and accuracy["default"]["median"] < 1e-5
+
+
+def test_cnn_throughput_gemm_bound_and_profile(tmp_path):
+    out = bench("cnn_throughput.py", "--systems", "ddp_edf", "--worlds", "1", "2", "--rounds", "1", "--seconds", "0.2",
+                "--batch", "16", "--json", tmp_path / "c.json")
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert all(rate > 0 for key in ("ddp_edf@1", "ddp_edf@2") for rate in result["rates"][key])
+    assert set(result["gemm_bound"]["2"]["ms_per_layer"]) == {"conv0", "conv1", "fc0", "fc1"}
+    assert "Conv2d conv1 backward" in result["profile_ms"] and "GEMM bound at W = 2" in out
+
+
+def test_accuracy_over_seeds(tmp_path):
+    out = bench("accuracy.py", "--only", "digits_cnn", "--seeds", "1", "2", "--set", "train.epochs=2",
+                "--json", tmp_path / "a.json")
+    summary = json.loads((tmp_path / "a.json").read_text())["summary"]["digits_cnn"]
+    assert len(summary["final"]) == 2 and all(0.3 < a <= 1 for a in summary["final"])   # trained: chance is 0.1
+    assert "| digits_cnn |" in out
+
+
+def test_the_time_to_accuracy_worker_stops_when_asked():
+    from ddp_edf.config import load_config
+    from ddp_edf.parallel.comm import SerialComm
+    from ddp_edf.train import build_trainer
+    worker = import_benchmark("tta_ddp_edf")
+    trainer = build_trainer(load_config(None, ["train.epochs=3", "log.echo=false"]), SerialComm())
+    worker.fit_by_epoch(trainer, 3, 0, lambda epoch: epoch == 2)
+    assert trainer.step == 2 * trainer.steps_per_epoch

@@ -51,7 +51,8 @@ def test_overrides():
     ("train.global_batch=1.5", "train.global_batch = 1.5 has the wrong type: expected int"),
     ("train.drop_last=1", "train.drop_last = 1 has the wrong type: expected bool"),
     ("model.activation=gelu", "model.activation = 'gelu' is not one of ['relu', 'sigmoid', 'tanh']"),
-    ("model.kind=cnn", "model.kind = 'cnn' is not one of ['logreg', 'mlp', 'lecture_mlp']"),
+    ("model.kind=rnn", "model.kind = 'rnn' is not one of ['logreg', 'mlp', 'lecture_mlp', 'cnn', 'vit']"),
+    ("model.heads=0", "model.heads = 0 must be an integer >= 1"),
     ("model.init_seed=-2", "model.init_seed = -2 must be an integer >= 0"),
     ("optim.name=rmsprop", "optim.name = 'rmsprop' is not one of ['sgd', 'adam']"),
     ("optim.schedule=exp", "optim.schedule = 'exp' is not one of ['constant', 'step', 'cosine']"),
@@ -98,6 +99,9 @@ def test_shipped_configs_parse_as_toml():
                           "optim.name = 'adam')"),
     (["optim.schedule=cosine", "optim.gamma=0.5"], "optim.gamma = 0.5 is not used with optim.schedule = 'cosine'"),
     (["dist.chunk=8"], "dist.chunk = 8 is not used with dist.deterministic = False"),
+    (["model.channels=[8]"], "model.channels = [8] is not used with model.kind = 'mlp'"),
+    (["model.kind=cnn", "model.heads=2"], "model.heads = 2 is not used with model.kind = 'cnn'"),
+    (["model.dropout=0.5"], "model.dropout = 0.5 is not used with model.kind = 'mlp'"),
     (["dist.deterministic=true", "train.micro_batches=2"], "train.micro_batches = 2 is not used with "
                                                            "dist.deterministic = true (its fixed chunks are")])
 def test_a_key_the_choice_does_not_use_is_refused_not_recorded(overrides, message):

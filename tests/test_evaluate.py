@@ -85,3 +85,24 @@ def test_under_mpiexec_equals_one_process(trained, capsys):
     assert len(lines) == 1  # rank 0 alone prints
     assert lines[0]["examples"] == serial["examples"] == 31 and lines[0]["error"] == serial["error"]
     assert lines[0]["loss"] == pytest.approx(serial["loss"], rel=1e-9)
+
+
+def test_a_cnn_checkpoint_evaluates_with_dropout_off(isolated_data, tmp_path, capsys):
+    """A CNN trained with dropout 0.5: the command line's figures equal those of the same parameters in the
+    same CNN built without dropout (a float64 forward written with plain loops is in test_ops_vision.py)."""
+    from ddp_edf.config import load_config
+    from ddp_edf.parallel.comm import SerialComm
+    from ddp_edf.train import build_trainer
+    write_dataset(isolated_data / "d", n_train=230, n_test=57, rows=8, cols=8, seed=4)
+    keys = [f"data.dataset=idx:{isolated_data / 'd'}", "data.dev_size=31", "model.kind=cnn", "model.channels=[3]",
+            "model.hidden=[6]", "train.epochs=2", "train.global_batch=16", "log.echo=false"]
+    out = tmp_path / "run"
+    assert train_cli.main(["--dist", "serial", "--out", str(out), *(w for k in keys + ["model.dropout=0.5"]
+                                                                     for w in ("--set", k))]) == 0
+    capsys.readouterr()
+    cli = run_evaluate(capsys, "--checkpoint", str(out), "--split", "test")
+    twin = build_trainer(load_config(None, keys), SerialComm())      # model.dropout = 0: no Dropout op at all
+    twin.load_parameters(out / "model.npz")
+    figures = twin.evaluate(twin.test)
+    assert cli["examples"] == figures["examples"] == 57
+    assert cli["loss"] == pytest.approx(figures["loss"], rel=1e-6) and cli["error"] == figures["error"]

@@ -11,7 +11,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "ddp_edf"
 # Layer of every module (higher layers may import lower ones, never the reverse).
 LAYERS = {
     "errors": 0, "engine.graph": 0, "data": 0,
-    "engine.ops": 1, "engine.gradcheck": 1,
+    "engine.ops": 1, "engine.conv": 1, "engine.attention": 1, "engine.dropout": 1, "engine.gradcheck": 1,
     "engine.models": 2, "engine.optim": 2,
     "parallel": 3,
     "training": 4,

@@ -128,3 +128,19 @@ def test_schedules():
         Schedule("step")
     with pytest.raises(ValueError, match="min_lr = 0.5 exceeds lr = 0.1"):
         Schedule("cosine", min_lr=0.5).check(0.1)
+
+
+@pytest.mark.parametrize("optimizer_class,options", [(SGD, {"lr": 0.1, "momentum": 0.9}), (Adam, {"lr": 0.01})])
+def test_clip_norm_scales_a_large_gradient_to_the_norm_and_leaves_a_small_one(optimizer_class, options):
+    """grad <- grad min(1, c / (||grad|| + 1e-6)), before weight decay: against the unclipped optimizer fed the
+    clipped gradient by hand."""
+    for g, c in ((np.array([3.0, -4.0, 12.0]), 2.6), (np.array([0.3, -0.4, 1.2]), 2.6)):   # ||g|| = 13 and 1.3
+        clipped, plain = optimizer_class(clip_norm=c, weight_decay=0.01, **options), \
+            optimizer_class(weight_decay=0.01, **options)
+        p1, p2 = np.array(START), np.array(START)
+        for _ in range(3):
+            clipped.step(p1, g)
+            plain.step(p2, g * min(1.0, c / (np.linalg.norm(g) + 1e-6)))
+        np.testing.assert_allclose(p1, p2, rtol=1e-14)
+    with pytest.raises(ValueError, match="clip_norm = -1 must be >= 0"):
+        SGD(clip_norm=-1)

@@ -179,7 +179,7 @@ class Dataset:
 
     @property
     def num_features(self) -> int:
-        return self.train.images.shape[1]
+        return int(np.prod(self.train.images.shape[1:]))
 
 
 def _images_and_labels(files: dict, origins: dict, split: str, num_classes: int):
@@ -204,10 +204,11 @@ def _images_and_labels(files: dict, origins: dict, split: str, num_classes: int)
 
 
 def load_dataset(name: str, data_dir: str = "", allow_download: bool = False, dev_size: int = -1,
-                 train_limit: int = 0) -> Dataset:
+                 train_limit: int = 0, flat: bool = True) -> Dataset:
     """Train / dev / test: dev is the LAST ``dev_size`` training images (-1: the dataset's default,
     a sixth of the training images for an ``idx:`` folder), test the t10k set.
-    ``train_limit`` (> 0) keeps only the first that many training examples.
+    ``train_limit`` (> 0) keeps only the first that many training examples.  Images come as rows of
+    rows x cols pixels, or with ``flat=False`` as one-channel images (1, rows, cols) (a CNN's, a ViT's).
     """
     files = prepare_dataset(name, data_dir, allow_download)
     origins = locate(name, data_dir, allow_download=False)
@@ -218,7 +219,8 @@ def load_dataset(name: str, data_dir: str = "", allow_download: bool = False, de
         raise DataError(f"{origins['train_images']} holds {'x'.join(map(str, train_images.shape[1:]))} images but "
                         f"{origins['test_images']} {'x'.join(map(str, test_images.shape[1:]))}: the two files are "
                         f"of different datasets")
-    train_images, test_images = (images.reshape(len(images), -1) for images in (train_images, test_images))
+    train_images, test_images = (images.reshape(len(images), -1) if flat else images[:, None]
+                                 for images in (train_images, test_images))
     n = len(train_labels)
     if dev_size < 0:
         dev_size = DATASETS[name].dev_size if name in DATASETS else n // 6

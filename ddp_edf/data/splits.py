@@ -51,7 +51,7 @@ def numeric_array(array, position: int, name: str) -> np.ndarray:
 
 
 class ImageSplit(ArraySplit):
-    """uint8 images (N, I) and int labels (N,): x = pixels / 255 in float32."""
+    """uint8 images (N, I) or (N, C, H, W) and int labels (N,): x = pixels / 255 in float32."""
 
     SCALE = np.float32(1 / 255)
 

@@ -25,7 +25,8 @@ def _check_labels(op: CompNode, scores: np.ndarray, labels: np.ndarray):
 
 
 class Affine(CompNode):
-    """y = x W + b on every row of the minibatch.  x (B, I), W (I, J), b (J,) -> y (B, J)"""
+    """y = x W + b on every row of the minibatch.  x (B, I), W (I, J), b (J,) -> y (B, J)
+    (x may have more leading axes, e.g. a sequence (B, T, I): each row x[b,t,:] is mapped the same way)."""
 
     def __init__(self, x: Node, W: Node, b: Node, name: str = ""):
         super().__init__(x, W, b, name=name)
@@ -33,22 +34,24 @@ class Affine(CompNode):
 
     def forward(self):
         x, W, b = self.x.value, self.W.value, self.b.value
-        if x.ndim != 2 or W.ndim != 2 or x.shape[1] != W.shape[0] or b.shape != (W.shape[1],):
+        if x.ndim < 2 or W.ndim != 2 or x.shape[-1] != W.shape[0] or b.shape != (W.shape[1],):
             raise self.shape_error("needs x (B, I), W (I, J) and b (J,)")
         # y[b,j] = x[b,i] W[i,j] + b[j]
         self.value = x @ W
         self.value += b
 
     def backward(self):
+        I, J = self.W.value.shape
+        g = self.grad.reshape(-1, J)            # rows (b,) or (b,t): a view, no copy
         if self.x.needs_grad:   # never for the image batch: that GEMM would be a third of the step
             # x.grad[b,i] += y.grad[b,j] W[i,j]
-            self.x.addgrad(self.grad @ self.W.value.T)
+            self.x.addgrad((g @ self.W.value.T).reshape(self.x.value.shape))
         if self.W.needs_grad:
             # W.grad[i,j] += x[b,i] y.grad[b,j]     (the sum over b is this one GEMM, not a (B, I, J) tensor)
-            self.W.addgrad(self.x.value.T @ self.grad)
+            self.W.addgrad(self.x.value.reshape(-1, I).T @ g)
         if self.b.needs_grad:
             # b.grad[j] += y.grad[b,j]
-            self.b.addgrad(self.grad.sum(axis=0))
+            self.b.addgrad(g.sum(axis=0))
 
 
 class Relu(CompNode):

@@ -4,6 +4,10 @@
 gradient of the minibatch loss (its flat ``grads``); the optimizer's own state (velocity; m, v) is
 kept in arrays of the same layout, made on the first step.  The lecture's SGD() is
 ``SGD(lr).step(graph.params, graph.grads)``:  Phi <- Phi - eta grad.
+
+``clip_norm`` = c > 0 first scales the gradient to a global L2 norm of at most c (Pascanu et al. 2013), as
+PyTorch's clip_grad_norm_:  grad <- grad min(1, c / (||grad|| + 1e-6)).  Under data parallelism the
+optimizer sees the reduced gradient, the same bytes on every rank, so every rank clips alike.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ class Optimizer:
 
     state_names: tuple[str, ...] = ()
 
-    def __init__(self, lr: float, weight_decay: float = 0.0):
+    def __init__(self, lr: float, weight_decay: float = 0.0, clip_norm: float = 0.0):
         owner = type(self).__name__
         check_option(owner, "lr", lr, _number(lr) and lr > 0, "must be > 0")
         check_option(owner, "weight_decay", weight_decay, _number(weight_decay) and weight_decay >= 0, "must be >= 0")
-        self.lr, self.weight_decay = lr, weight_decay
+        check_option(owner, "clip_norm", clip_norm, _number(clip_norm) and clip_norm >= 0, "must be >= 0 (0 = off)")
+        self.lr, self.weight_decay, self.clip_norm = lr, weight_decay, clip_norm
         self.steps_taken = 0
         self.state: dict[str, np.ndarray] = {}
 
@@ -33,6 +38,10 @@ class Optimizer:
         """One update of ``params`` in place; ``lr`` (default ``self.lr``) is this step's eta."""
         if not self.state:
             self.state = {name: np.zeros_like(params) for name in self.state_names}
+        if self.clip_norm:
+            # ||grad|| = sqrt(grad[n] grad[n]), summed in float64 in a fixed order: the same on every machine
+            norm = math.sqrt(float(np.square(grads, dtype=np.float64).sum()))
+            grads = grads * grads.dtype.type(min(1.0, self.clip_norm / (norm + 1e-6)))
         g = grads + self.weight_decay * params if self.weight_decay else grads   # g = grad + wd Phi
         self.steps_taken += 1
         self.update(params, g, self.lr if lr is None else lr)
@@ -63,8 +72,8 @@ class SGD(Optimizer):
     """
 
     def __init__(self, lr: float = 0.1, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0):
-        super().__init__(lr, weight_decay)
+                 weight_decay: float = 0.0, clip_norm: float = 0.0):
+        super().__init__(lr, weight_decay, clip_norm)
         check_option("SGD", "momentum", momentum, _number(momentum) and 0 <= momentum < 1, "must be in [0, 1)")
         check_option("SGD", "nesterov", nesterov, not nesterov or momentum > 0, "needs momentum > 0")
         self.momentum, self.nesterov = momentum, nesterov
@@ -89,8 +98,9 @@ class Adam(Optimizer):
 
     state_names = ("m", "v")
 
-    def __init__(self, lr: float = 0.001, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
-        super().__init__(lr, weight_decay)
+    def __init__(self, lr: float = 0.001, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 clip_norm: float = 0.0):
+        super().__init__(lr, weight_decay, clip_norm)
         for name, beta in zip(("beta1", "beta2"), betas):
             check_option("Adam", name, beta, _number(beta) and 0 <= beta < 1, "must be in [0, 1)")
         check_option("Adam", "eps", eps, _number(eps) and eps > 0, "must be > 0")

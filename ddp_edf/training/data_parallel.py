@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data.splits import as_split
+from ..engine.dropout import ExampleKeys, TrainingFlag
 from ..engine.graph import CompNode, Graph, Input
 from ..parallel.agreement import broadcast_params, check_agreement, check_in_sync, root_decides
 from .checkpoint import check_fits, read_checkpoint, read_parameters, write_checkpoint
@@ -49,7 +50,8 @@ class StepResult:
 class DataParallel:
     """``loss``: the per-example loss node (B,); ``inputs``: the Input nodes a batch fills, in the order of
     the data's arrays; ``reducer``: Allreduce(comm) or ExactSum(comm) (parallel/reducers.py);
-    ``errors``: an optional per-example metric node (B,)."""
+    ``errors``: an optional per-example metric node (B,).  A graph's TrainingFlag and ExampleKeys (dropout) are
+    fed by the step too: True and (optimizer step, example index) of each row in ``step``, False in ``evaluate``."""
 
     def __init__(self, loss, inputs, reducer, errors=None):
         for node, what in ((loss, "loss"), (errors, "errors")):
@@ -59,7 +61,9 @@ class DataParallel:
         self.loss, self.errors, self.inputs = loss, errors, tuple(inputs)
         self.reducer, self.comm = reducer, reducer.comm
         self.graph = Graph([loss] if errors is None else [loss, errors], grad_buffer=reducer.gradient_buffer)
-        unlisted = [n.describe() for n in self.graph.nodes if isinstance(n, Input) and n not in self.inputs]
+        self.facts = [n for n in self.graph.nodes if isinstance(n, (TrainingFlag, ExampleKeys))]
+        unlisted = [n.describe() for n in self.graph.nodes
+                    if isinstance(n, Input) and n not in self.inputs and n not in self.facts]
         if unlisted or not all(isinstance(node, Input) for node in self.inputs):
             raise ValueError(f"inputs= must list every Input node a batch fills (the graph reads {unlisted} "
                              f"too), and nothing else")
@@ -76,7 +80,7 @@ class DataParallel:
         example indices into ``data``, the same on every rank."""
         data, graph, B = self._split(data, "train"), self.graph, len(batch)
         for k, (lo, hi) in enumerate(self.reducer.pieces(B)):                  # DDP: my shard of the batch
-            self._feed(data, batch[lo:hi])
+            self._feed(data, batch[lo:hi], step=optimizer.steps_taken)
             graph.forward()
             graph.backward(self.loss, grad_scale=1 / B, accumulate=k > 0)     # DDP: 1/B_global; pieces add up
             self.reducer.add(graph.grads, *self._sums(hi - lo))                # DDP: my part of the sum
@@ -151,8 +155,9 @@ class DataParallel:
             kept = self._splits[name] = (ids, as_split(data, name, len(self.inputs), self.graph.dtype), data)
         return kept[1]
 
-    def _feed(self, data, index, rows: int | None = None):
-        """Each Input's value <- its array of the examples ``index``: one array per Input, one row per example."""
+    def _feed(self, data, index, rows: int | None = None, step: int | None = None):
+        """Each Input's value <- its array of the examples ``index``: one array per Input, one row per example.
+        ``step``: training at this optimizer step (else evaluating), for a TrainingFlag and ExampleKeys."""
         arrays, rows = tuple(data.batch(index)), len(index) if rows is None else rows
         name = getattr(data, "name", "") or type(data).__name__
         if len(arrays) != len(self.inputs):
@@ -162,6 +167,9 @@ class DataParallel:
                 raise ValueError(f"the {name} split's batch() gave {len(array)} rows for {rows} examples "
                                  f"(array {k}, for {node.describe()})")
             node.value = array
+        for node in self.facts:           # the lecture's Input, fed like x: no trainer state inside the graph
+            node.value = np.array(step is not None) if isinstance(node, TrainingFlag) else \
+                np.stack(np.broadcast_arrays(np.uint64(step or 0), np.arange(len(data), dtype=np.uint64)[index]), 1)
 
     def _sums(self, rows: int) -> tuple[float, float]:
         """The loss sum and error sum of the examples in the graph: one value each per example."""
