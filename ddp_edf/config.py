@@ -124,6 +124,11 @@ USED_ONLY_WITH = {
 }
 
 
+# Keys a config saved by an earlier release may lack: each one's default reproduces what that release did
+ADDED_LATER = ("model.channels", "model.patch", "model.dim", "model.depth", "model.heads", "model.dropout",
+               "optim.clip_norm")
+
+
 def optimizer_of(o: OptimConfig):
     """The optimizer and schedule ``o`` describes (their constructors check the values)."""
     optimizer = (SGD(o.lr, o.momentum, o.nesterov, o.weight_decay, o.clip_norm) if o.name == "sgd" else

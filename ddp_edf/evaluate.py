@@ -16,7 +16,7 @@ import os
 import sys
 
 from .build import dataset_of, model_of
-from .config import ConfigError, all_keys, from_dict
+from .config import ADDED_LATER, ConfigError, all_keys, from_dict
 from .data import DataError
 from .data.splits import fingerprint
 from .errors import OptionError
@@ -54,8 +54,8 @@ def saved_run(path: str) -> dict:
     if not isinstance(options, dict) or "model" not in options:
         raise CheckpointError(f"checkpoint {checkpoint['path']} holds no command-line config (it was written by a "
                               f"Python script): evaluate it there with Trainer.evaluate or DataParallel.evaluate")
-    missing = [key for key in all_keys() if not isinstance(options.get(key.split(".")[0]), dict)
-               or key.split(".")[1] not in options[key.split(".")[0]]]
+    missing = [key for key in all_keys() if key not in ADDED_LATER and (not isinstance(
+               options.get(key.split(".")[0]), dict) or key.split(".")[1] not in options[key.split(".")[0]])]
     if missing:    # defaults would silently stand in for the run's values (its dev split, its model)
         raise CheckpointError(f"checkpoint {checkpoint['path']}: its saved config lacks {missing}: corrupt")
     return {"path": checkpoint["path"], "meta": checkpoint["meta"]}

@@ -106,3 +106,25 @@ def test_a_cnn_checkpoint_evaluates_with_dropout_off(isolated_data, tmp_path, ca
     figures = twin.evaluate(twin.test)
     assert cli["examples"] == figures["examples"] == 57
     assert cli["loss"] == pytest.approx(figures["loss"], rel=1e-6) and cli["error"] == figures["error"]
+
+
+def test_a_checkpoint_whose_saved_config_predates_the_image_model_keys_still_evaluates(trained, capsys):
+    """A config saved before model.channels ... optim.clip_norm existed: their defaults reproduce that run."""
+    from ddp_edf.config import ADDED_LATER
+    from ddp_edf.training.run_folder import latest_checkpoint
+    out, _ = trained
+    path = latest_checkpoint(out)["path"]
+    with np.load(path) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    meta = json.loads(arrays["meta"].tobytes())
+    for key in ADDED_LATER:
+        del meta["options"][key.split(".")[0]][key.split(".")[1]]
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    before = run_evaluate(capsys, "--checkpoint", str(path))
+    np.savez(path, **arrays)
+    assert run_evaluate(capsys, "--checkpoint", str(path)) == before
+    del meta["options"]["model"]["hidden"]                        # a key every saved config has: corrupt
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(path, **arrays)
+    assert evaluate_cli.main(["--dist", "serial", "--checkpoint", str(path)]) == 1
+    assert "its saved config lacks ['model.hidden']: corrupt" in capsys.readouterr().err

@@ -213,3 +213,66 @@ def test_shape_errors_name_the_op_and_what_it_needs():
         run(SelfAttention(Input("qkv", np.zeros((1, 3, 18))), heads=4))
     with pytest.raises(ShapeError, match=r"cannot lay 12 values per example out as \(5,\)"):
         run(Reshape(Input("x", np.zeros((2, 12))), (5,)))
+
+
+def test_a_chain_on_the_channels_last_layout_a_convolution_leaves_passes_the_gradient_check():
+    """Conv2d returns a channels-last view; strided convolutions and overlapping pools on it."""
+    rng = np.random.default_rng(7)
+    x = tensor(rng, 2, 2, 9, 9)
+    h = Conv2d(x, param(rng, "K0", 3, 2, 3, 3), param(rng, "b0", 3), stride=1, padding=1)
+    h = Conv2d(h, param(rng, "K1", 4, 3, 3, 3), param(rng, "b1", 4), stride=2, padding=1)
+    h = AvgPool2d(MaxPool2d(h, 3, 2), 1)
+    output = Conv2d(h, param(rng, "K2", 2, 4, 2, 2), param(rng, "b2", 2), stride=2)
+    report = gradcheck(Graph([output], dtype=np.float64), output)
+    assert report.ok, str(report)
+
+
+def empty_and_float32_cases():
+    rng = np.random.default_rng(8)
+
+    def f32(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    def x(*shape):
+        return Input("x", f32(*shape), requires_grad=True)
+    training = TrainingFlag("t", np.array(True))
+    for B in (0, 3):
+        keys = ExampleKeys("k", np.zeros((B, 2), np.uint64))
+        yield f"Conv2d B={B}", Conv2d(x(B, 2, 5, 5), Parameter("K", f32(3, 2, 3, 3)),
+                                      Parameter("b", f32(3)), 2, 1)
+        yield f"MaxPool2d B={B}", MaxPool2d(x(B, 2, 5, 5), 2)
+        yield f"AvgPool2d B={B}", AvgPool2d(x(B, 2, 5, 5), 3, 2)
+        yield f"Flatten B={B}", Flatten(x(B, 2, 3, 3))
+        yield f"Dropout B={B}", Dropout(x(B, 4), training, keys, 0.5, seed=1)
+        yield f"LayerNorm B={B}", LayerNorm(x(B, 3, 4), Parameter("g", f32(4)), Parameter("b", f32(4)))
+        yield f"GELU B={B}", GELU(x(B, 3, 4))
+        yield f"SelfAttention B={B}", SelfAttention(x(B, 3, 12), 2)
+        yield f"PatchEmbedding B={B}", PatchEmbedding(x(B, 1, 4, 4), Parameter("W", f32(4, 6)),
+                                                      Parameter("b", f32(6)), Parameter("p", f32(4, 6)), 2)
+        yield f"TokenMean B={B}", TokenMean(x(B, 3, 4))
+
+
+@pytest.mark.parametrize("name,op", list(empty_and_float32_cases()), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_op_keeps_float32_and_takes_an_empty_batch(name, op):
+    """A rank may hold no rows of a small batch; float32 stays float32 (the flat buffers, the speed)."""
+    graph = Graph([op])
+    graph.forward()
+    graph.backward(op, np.ones(op.value.shape, np.float32))
+    assert op.value.dtype == np.float32 and len(op.value) == len(op.inputs[0].value), name
+    assert op.inputs[0].grad.dtype == np.float32 and op.inputs[0].grad.shape == op.inputs[0].value.shape
+    assert graph.grads.dtype == np.float32
+
+
+def test_dropout_needs_its_training_flag_fed_and_build_model_gives_each_layer_its_own_seed():
+    from ddp_edf import ShapeError, build_model
+    unfed = Dropout(Input("x", np.ones((2, 3))), TrainingFlag("training"), ExampleKeys("keys"), 0.5, seed=1)
+    with pytest.raises(ShapeError, match="needs its TrainingFlag 'training' fed"):
+        run(unfed)
+    model = build_model("cnn", (1, 8, 8), 10, channels=[2], hidden=[16, 16], dropout=0.5)
+    drops = [n for n in Graph(model.outputs).nodes if isinstance(n, Dropout)]
+    assert len(drops) == 2 and drops[0].seed != drops[1].seed
+    assert model.training is drops[0].training is drops[1].training and model.keys is drops[0].keys
+    x = np.ones((4, 16))
+    keys = np.stack([np.full(4, 3), np.arange(4)], 1).astype(np.uint64)
+    assert not np.array_equal(dropped(x, keys, seed=drops[0].seed), dropped(x, keys, seed=drops[1].seed))
+    assert build_model("cnn", (1, 8, 8), 10, channels=[2], hidden=[16]).training is None     # no dropout: none

@@ -86,7 +86,7 @@ class SelfAttention(CompNode):
             raise self.shape_error(f"needs qkv (B, T, 3D) with D a multiple of heads = {self.heads}")
         B, T, D3 = qkv.shape
         # q[b,h,t,e] = qkv[b,t,(0,h,e)], k = qkv[b,t,(1,h,e)], v = qkv[b,t,(2,h,e)]
-        self.q, self.k, self.v = qkv.reshape(B, T, 3, self.heads, -1).transpose(2, 0, 3, 1, 4)
+        self.q, self.k, self.v = qkv.reshape(B, T, 3, self.heads, D3 // (3 * self.heads)).transpose(2, 0, 3, 1, 4)
         scale = qkv.dtype.type(1 / np.sqrt(self.q.shape[-1]))
         # S[b,h,t,u] = q[b,h,t,e] k[b,h,u,e] / sqrt(E), less its row max (changes nothing, keeps exp() <= 1)
         S = (self.q @ self.k.transpose(0, 1, 3, 2)) * scale
@@ -100,7 +100,7 @@ class SelfAttention(CompNode):
         B, T, D3 = self.qkv.value.shape
         q, k, v, A = self.q, self.k, self.v, self.A
         scale = q.dtype.type(1 / np.sqrt(q.shape[-1]))
-        dy = self.grad.reshape(B, T, self.heads, -1).transpose(0, 2, 1, 3)     # dy[b,h,t,e]
+        dy = self.grad.reshape(B, T, self.heads, D3 // (3 * self.heads)).transpose(0, 2, 1, 3)     # dy[b,h,t,e]
         # dv[b,h,u,e] = A[b,h,t,u] dy[b,h,t,e];   dA[b,h,t,u] = dy[b,h,t,e] v[b,h,u,e]
         dv = A.transpose(0, 1, 3, 2) @ dy
         dA = dy @ v.transpose(0, 1, 3, 2)
@@ -129,7 +129,8 @@ class PatchEmbedding(CompNode):
                                    f"position (T, D)")
         B, C, H, W = x.shape
         # patch[b,(P,Q),(c,i,j)] = x[b,c,p P + i,p Q + j]
-        self.patches = x.reshape(B, C, H // p, p, W // p, p).transpose(0, 2, 4, 1, 3, 5).reshape(B, -1, C * p * p)
+        self.patches = x.reshape(B, C, H // p, p, W // p, p).transpose(0, 2, 4, 1, 3, 5).reshape(
+            B, (H // p) * (W // p), C * p * p)
         # y[b,t,d] = patch[b,t,f] W[f,d] + bias[d] + position[t,d]
         self.value = self.patches @ self.W.value + self.bias.value + self.position.value
 

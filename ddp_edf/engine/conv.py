@@ -41,23 +41,27 @@ class Conv2d(CompNode):
     (y is laid out channels-last in memory, the GEMM's order; its shape and indices are channels-first)."""
 
     def __init__(self, x: Node, K: Node, bias: Node, stride: int = 1, padding: int = 0, name: str = ""):
+        if stride < 1 or padding < 0:
+            raise ValueError(f"Conv2d needs stride >= 1 and padding >= 0, not {stride} and {padding}")
         super().__init__(x, K, bias, name=name)
         self.x, self.K, self.bias, self.stride, self.padding = x, K, bias, stride, padding
+
+    def patches(self) -> np.ndarray:
+        """cols[(b,p,q),(i,j,c)] = x_pad[b,c,s p + i,s q + j]: the im2col matrix (numpy's one copy, in C)."""
+        a, (B, C, H, W), k = self.padding, self.x.value.shape, self.K.value.shape[2]
+        x_pad = np.pad(self.x.value, ((0, 0), (0, 0), (a, a), (a, a))) if a else self.x.value
+        self.P, self.Q = (H + 2 * a - k) // self.stride + 1, (W + 2 * a - k) // self.stride + 1
+        return windows(x_pad, k, self.stride).transpose(0, 2, 3, 4, 5, 1).reshape(B * self.P * self.Q, k * k * C)
 
     def forward(self):
         x, K, a = self.x.value, self.K.value, self.padding
         if x.ndim != 4 or K.ndim != 4 or x.shape[1] != K.shape[1] or K.shape[2] != K.shape[3] \
                 or self.bias.value.shape != K.shape[:1] or min(x.shape[2:]) + 2 * a < K.shape[2]:
             raise self.shape_error("needs x (B, C, H, W), K (O, C, k, k) with k <= H + 2 padding, bias (O,)")
-        x_pad = np.pad(x, ((0, 0), (0, 0), (a, a), (a, a))) if a else x
-        P = windows(x_pad, K.shape[2], self.stride)                     # (B, C, P, Q, k, k), a view
-        B, C, self.P, self.Q, k, _ = P.shape
-        # cols[(b,p,q),(i,j,c)] = x_pad[b,c,s p + i,s q + j]    (numpy's one copy of the patches, in C)
-        self.cols = P.transpose(0, 2, 3, 4, 5, 1).reshape(B * self.P * self.Q, k * k * C)
-        # y[b,o,p,q] = cols[(b,p,q),(i,j,c)] K[o,(i,j,c)] + bias[o]
-        y = self.cols @ K.transpose(0, 2, 3, 1).reshape(len(K), -1).T
+        # y[b,o,p,q] = cols[(b,p,q),(i,j,c)] K[o,(i,j,c)] + bias[o]    (cols is rebuilt in backward, not kept:
+        y = self.patches() @ K.transpose(0, 2, 3, 1).reshape(len(K), -1).T    # k^2 C floats per output pixel)
         y += self.bias.value
-        self.value = y.reshape(B, self.P, self.Q, len(K)).transpose(0, 3, 1, 2)
+        self.value = y.reshape(len(x), self.P, self.Q, len(K)).transpose(0, 3, 1, 2)
 
     def backward(self):
         K, a = self.K.value, self.padding
@@ -65,7 +69,7 @@ class Conv2d(CompNode):
         g = self.grad.transpose(0, 2, 3, 1).reshape(-1, O)               # g[(b,p,q),o]
         if self.K.needs_grad:
             # K.grad[o,c,i,j] += g[(b,p,q),o] cols[(b,p,q),(i,j,c)]
-            self.K.addgrad((g.T @ self.cols).reshape(O, k, k, C).transpose(0, 3, 1, 2))
+            self.K.addgrad((g.T @ self.patches()).reshape(O, k, k, C).transpose(0, 3, 1, 2))
         if self.bias.needs_grad:
             # bias.grad[o] += y.grad[b,o,p,q]
             self.bias.addgrad(g.sum(axis=0))
@@ -84,6 +88,8 @@ class Pool2d(CompNode):
     """What the pools share: a k x k window moved by ``stride`` (default k) over x (B, C, H, W) -> (B, C, P, Q)."""
 
     def __init__(self, x: Node, kernel: int = 2, stride: int | None = None, name: str = ""):
+        if kernel < 1 or (stride is not None and stride < 1):
+            raise ValueError(f"{type(self).__name__} needs kernel >= 1 and stride >= 1, not {kernel} and {stride}")
         super().__init__(x, name=name)
         self.x, self.kernel, self.stride = x, kernel, stride or kernel
 
@@ -140,11 +146,11 @@ class Reshape(CompNode):
         self.x, self.shape = x, tuple(shape)
 
     def forward(self):
-        x = self.x.value
-        try:
-            self.value = x.reshape(len(x), *self.shape)        # y[b, m] = x[b, n], the same flat position
-        except ValueError:
-            raise self.shape_error(f"cannot lay {x[0].size} values per example out as {self.shape}") from None
+        x, per_example = self.x.value, int(np.prod(self.x.value.shape[1:]))
+        shape = tuple(per_example // -int(np.prod(self.shape)) if n == -1 else n for n in self.shape)
+        if int(np.prod(shape)) != per_example:
+            raise self.shape_error(f"cannot lay {per_example} values per example out as {self.shape}")
+        self.value = x.reshape(len(x), *shape)                  # y[b, m] = x[b, n], the same flat position
 
     def backward(self):
         # x.grad[b, n] += y.grad[b, m] at the same flat position

@@ -45,9 +45,10 @@ def uniforms(seed: int, keys: np.ndarray, units: int) -> np.ndarray:
 
 class Dropout(CompNode):
     """Training: y[b,m] = x[b,m] keep[b,m] / (1 - p), keep[b,m] = [u[b,m] >= p] (u from the example's keys);
-    evaluating: y = x.  x of any shape (B, ...), m its flat position within the example."""
+    evaluating: y = x.  x of any shape (B, ...), m its flat position within the example.  Give each Dropout
+    of a graph its own ``seed``: two with the same seed drop the same units."""
 
-    def __init__(self, x: Node, training: TrainingFlag, keys: ExampleKeys, p: float, seed: int = 0, name: str = ""):
+    def __init__(self, x: Node, training: TrainingFlag, keys: ExampleKeys, p: float, seed: int, name: str = ""):
         if not 0 <= p < 1:
             raise ValueError(f"Dropout p = {p} must be in [0, 1)")
         super().__init__(x, training, keys, name=name)
@@ -55,6 +56,9 @@ class Dropout(CompNode):
 
     def forward(self):
         x = self.x.value
+        if self.training.value is None:
+            raise self.shape_error(f"needs its TrainingFlag '{self.training.name}' fed: DataParallel.step and "
+                                   f"evaluate do it; in a loop of your own set .value = True (or False) per batch")
         if not bool(self.training.value) or self.p == 0:
             self.scale = None
             self.value = x                                   # y = x while evaluating
@@ -63,7 +67,7 @@ class Dropout(CompNode):
         if keys.shape != (len(x), 2):
             raise self.shape_error(f"needs keys (B, 2) = ({len(x)}, 2)")
         # scale[b,m] = keep[b,m] / (1 - p)
-        keep = uniforms(self.seed, keys, x[0].size).reshape(x.shape) >= self.p
+        keep = uniforms(self.seed, keys, int(np.prod(x.shape[1:]))).reshape(x.shape) >= self.p
         self.scale = keep.astype(x.dtype) / x.dtype.type(1 - self.p)
         # y[b,m] = x[b,m] scale[b,m]
         self.value = x * self.scale

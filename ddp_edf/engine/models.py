@@ -39,6 +39,8 @@ class Model:
     scores: Node     # (B, K): argmax is the prediction
     loss: Node       # (B,) per-example loss; backward seeds it with 1/B_global
     errors: Node     # (B,) 1.0 where the prediction is wrong
+    training: Input | None = None   # with dropout: the TrainingFlag and ExampleKeys a step feeds (dropout.py)
+    keys: Input | None = None
 
     @property
     def outputs(self) -> tuple[Node, Node]:
@@ -88,8 +90,9 @@ class Dropouts:
         return Dropout(x, self.training, self.keys, self.p, seed, name)
 
 
-def _finish(x, y, scores, loss) -> Model:
-    return Model(x, y, scores, loss, ErrorRate(scores, y, name="errors"))
+def _finish(x, y, scores, loss, drop=None) -> Model:
+    fed = (drop.training, drop.keys) if drop is not None and drop.count else (None, None)
+    return Model(x, y, scores, loss, ErrorRate(scores, y, name="errors"), *fed)
 
 
 def logistic_regression(n_in: int, n_classes: int, seed: int = 0) -> Model:
@@ -145,7 +148,7 @@ def cnn(image_shape, n_classes: int, channels=(32, 64), hidden=(128,), dropout: 
         h = drop(Relu(affine_layer(index, h, width, n_out, rng, he_normal), name=f"act{index}"), f"drop{index}")
         width = n_out
     scores = affine_layer(len(hidden), h, width, n_classes, rng, glorot_uniform)
-    return _finish(x, y, scores, SoftmaxCrossEntropy(scores, y, name="loss"))
+    return _finish(x, y, scores, SoftmaxCrossEntropy(scores, y, name="loss"), drop)
 
 
 def vit(image_shape, n_classes: int, patch: int = 7, dim: int = 64, depth: int = 2, heads: int = 4,
@@ -160,7 +163,10 @@ def vit(image_shape, n_classes: int, patch: int = 7, dim: int = 64, depth: int =
     h = PatchEmbedding(x, Parameter("patch.W", glorot_uniform(rng, C * patch * patch, dim)),
                        Parameter("patch.b", np.zeros(dim)), position, patch, name="patch")
     for k in range(depth):
-        qkv = affine_layer(f"{k}.qkv", layer_norm(f"ln{k}a", h, dim), dim, 3 * dim, rng, glorot_uniform)
+        # q, k, v without a bias: softmax ignores a shift common to all keys, so a key bias has no gradient
+        # (only float32 noise, which Adam would turn into full steps)
+        W_qkv = Parameter(f"fc{k}.qkv.W", glorot_uniform(rng, dim, 3 * dim))
+        qkv = Affine(layer_norm(f"ln{k}a", h, dim), W_qkv, name=f"fc{k}.qkv")
         attended = affine_layer(f"{k}.out", SelfAttention(qkv, heads, name=f"attention{k}"), dim, dim, rng,
                                 glorot_uniform)
         h = Add(h, drop(attended, f"drop{k}a"), name=f"residual{k}a")
@@ -169,7 +175,7 @@ def vit(image_shape, n_classes: int, patch: int = 7, dim: int = 64, depth: int =
                 name=f"residual{k}b")
     pooled = layer_norm("ln_final", TokenMean(h, name="pool"), dim)
     scores = affine_layer("_out", pooled, dim, n_classes, rng, glorot_uniform)
-    return _finish(x, y, scores, SoftmaxCrossEntropy(scores, y, name="loss"))
+    return _finish(x, y, scores, SoftmaxCrossEntropy(scores, y, name="loss"), drop)
 
 
 def _count(value, low: int, high: int = 1_000_000) -> bool:
@@ -191,6 +197,8 @@ def check_model(kind: str, hidden, activation: str, seed: int, channels=(32, 64)
     check_option("build_model", "heads", heads, dim % heads == 0, f"must divide dim = {dim}")
     check_option("build_model", "dropout", dropout, isinstance(dropout, (int, float)) and not isinstance(
         dropout, bool) and 0 <= dropout < 1, "must be in [0, 1)")
+    check_option("build_model", "dropout", dropout, not dropout or kind != "cnn" or hidden,
+                 "drops the cnn's hidden fc layers' units, and hidden = [] has none: give hidden widths")
     if kind in IMAGE_MODELS and image_shape is not None:
         C, H, W = image_shape
         check_option("build_model", "channels", channels, kind != "cnn" or min(H, W) >> len(channels) >= 1,
@@ -206,7 +214,7 @@ def check_model(kind: str, hidden, activation: str, seed: int, channels=(32, 64)
 
 def image_shape_of(kind: str, n_in) -> tuple | None:
     """(C, H, W) of an image model's input, from (C, H, W) or (H, W) (one channel); None for the others."""
-    shape = (n_in,) if isinstance(n_in, int) else tuple(n_in)
+    shape = (int(n_in),) if np.ndim(n_in) == 0 else tuple(n_in)
     if kind not in IMAGE_MODELS:
         return None
     check_option("build_model", "n_in", n_in, len(shape) in (2, 3),

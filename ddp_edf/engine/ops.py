@@ -26,19 +26,22 @@ def _check_labels(op: CompNode, scores: np.ndarray, labels: np.ndarray):
 
 class Affine(CompNode):
     """y = x W + b on every row of the minibatch.  x (B, I), W (I, J), b (J,) -> y (B, J)
-    (x may have more leading axes, e.g. a sequence (B, T, I): each row x[b,t,:] is mapped the same way)."""
+    (x may have more leading axes, e.g. a sequence (B, T, I): each row x[b,t,:] is mapped the same way;
+    b=None: no bias, y = x W)."""
 
-    def __init__(self, x: Node, W: Node, b: Node, name: str = ""):
-        super().__init__(x, W, b, name=name)
+    def __init__(self, x: Node, W: Node, b: Node | None = None, name: str = ""):
+        super().__init__(*(x, W) if b is None else (x, W, b), name=name)
         self.x, self.W, self.b = x, W, b
 
     def forward(self):
-        x, W, b = self.x.value, self.W.value, self.b.value
-        if x.ndim < 2 or W.ndim != 2 or x.shape[-1] != W.shape[0] or b.shape != (W.shape[1],):
+        x, W = self.x.value, self.W.value
+        if x.ndim < 2 or W.ndim != 2 or x.shape[-1] != W.shape[0] or \
+                (self.b is not None and self.b.value.shape != (W.shape[1],)):
             raise self.shape_error("needs x (B, I), W (I, J) and b (J,)")
-        # y[b,j] = x[b,i] W[i,j] + b[j]
-        self.value = x @ W
-        self.value += b
+        # y[b,j] = x[b,i] W[i,j] + b[j]       (rows (b,) or (b,t): one 2-D GEMM)
+        self.value = (x.reshape(-1, W.shape[0]) @ W).reshape(*x.shape[:-1], W.shape[1])
+        if self.b is not None:
+            self.value += self.b.value
 
     def backward(self):
         I, J = self.W.value.shape
@@ -49,7 +52,7 @@ class Affine(CompNode):
         if self.W.needs_grad:
             # W.grad[i,j] += x[b,i] y.grad[b,j]     (the sum over b is this one GEMM, not a (B, I, J) tensor)
             self.W.addgrad(self.x.value.reshape(-1, I).T @ g)
-        if self.b.needs_grad:
+        if self.b is not None and self.b.needs_grad:
             # b.grad[j] += y.grad[b,j]
             self.b.addgrad(g.sum(axis=0))
 

@@ -39,7 +39,8 @@ class Optimizer:
         if not self.state:
             self.state = {name: np.zeros_like(params) for name in self.state_names}
         if self.clip_norm:
-            # ||grad|| = sqrt(grad[n] grad[n]), summed in float64 in a fixed order: the same on every machine
+            # ||grad|| = sqrt(grad[n] grad[n]), summed in float64: every rank holds the same reduced gradient and
+            # runs the same NumPy, so every rank computes the same factor
             norm = math.sqrt(float(np.square(grads, dtype=np.float64).sum()))
             grads = grads * grads.dtype.type(min(1.0, self.clip_norm / (norm + 1e-6)))
         g = grads + self.weight_decay * params if self.weight_decay else grads   # g = grad + wd Phi

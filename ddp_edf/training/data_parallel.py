@@ -168,8 +168,9 @@ class DataParallel:
                                  f"(array {k}, for {node.describe()})")
             node.value = array
         for node in self.facts:           # the lecture's Input, fed like x: no trainer state inside the graph
+            examples = np.arange(index.start, index.stop) if isinstance(index, slice) else index
             node.value = np.array(step is not None) if isinstance(node, TrainingFlag) else \
-                np.stack(np.broadcast_arrays(np.uint64(step or 0), np.arange(len(data), dtype=np.uint64)[index]), 1)
+                np.stack(np.broadcast_arrays(np.uint64(step or 0), np.asarray(examples, np.uint64)), 1)
 
     def _sums(self, rows: int) -> tuple[float, float]:
         """The loss sum and error sum of the examples in the graph: one value each per example."""
