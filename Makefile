@@ -42,6 +42,9 @@ bench: venv bench-peers
 	$(PY) benchmarks/compare_torch_ddp.py
 	$(PY) benchmarks/time_to_accuracy.py --plot docs/time_to_accuracy.png
 	$(PY) benchmarks/deterministic.py
+	$(PY) benchmarks/cnn_throughput.py
+	$(PY) benchmarks/accuracy.py
+	$(PY) benchmarks/time_to_accuracy.py --model cnn --plot docs/time_to_accuracy_cnn.png
 	@if [ "$$(id -u)" -eq 0 ]; then $(PY) benchmarks/network_scaling.py --plot docs/network_scaling.png; \
 	else echo "network_scaling.py skipped: it needs root (network namespaces)"; fi
 

@@ -12,8 +12,9 @@ srun job of benchmarks/workers/reduction_worker.py (MPICH_CH4_NETMOD=ofi, so int
 the links), which times the Allreduce of the gradient (flat, ddp_edf's), a hierarchical reduction
 (reduce-scatter in the host, 1/L of the data between hosts, allgather), and a step whose backward
 (emulated by sleeping the GEMMs' time on one core) is followed by the Allreduce or overlapped with
-one Iallreduce per layer.  Models: the default MLP 784-256-10 (0.2M parameters) and 784-2048-1024-10
-(3.7M).  Results: --json (default benchmarks/results/network_scaling.json).
+one Iallreduce per layer.  Models: the default MLP 784-256-10 (0.2M parameters), 784-2048-1024-10
+(3.7M) and the CNN of configs/fashion_cnn.toml (0.42M parameters; 24x the MLP's FLOPs per example).
+Results: --json (default benchmarks/results/network_scaling.json).
 
 The model, per link rate (Hockney's, for the bandwidth-optimal Allreduce MPICH uses on large data,
 reduce-scatter then allgather by recursive halving and doubling):
@@ -45,7 +46,10 @@ import common  # noqa: E402
 CLUSTER = common.ROOT / "tests/cluster/netns_cluster.sh"
 WORKER = str(common.BENCH / "workers" / "reduction_worker.py")
 BASE = Path("/tmp/ddp_edf_cluster")
-MODELS = {"784-256-10": "784,256,10", "784-2048-1024-10": "784,2048,1024,10"}
+MODELS = {"784-256-10": "784,256,10", "784-2048-1024-10": "784,2048,1024,10", "cnn": "cnn"}
+WIDEST = "784-2048-1024-10"          # bandwidth-bound: the model's beta is fitted on it
+# The CNN's forward + backward FLOPs per example: conv0 2 x, conv1 and the fc layers 3 x their forward GEMM's
+CNN_FLOPS = 2 * 2 * 784 * 9 * 32 + 3 * 2 * 196 * 288 * 64 + 3 * 2 * 3136 * 128 + 3 * 2 * 128 * 10
 PER_RANK_BATCH = 128
 
 
@@ -138,6 +142,8 @@ def finish(measured, models, gflops, cores, options):
 
 def compute_seconds(layers: str, gflops: float) -> float:
     """Forward + backward GEMMs of one rank's 128 examples on one core (no dx for the images)."""
+    if layers == "cnn":
+        return PER_RANK_BATCH * CNN_FLOPS / (gflops * 1e9)
     widths = [int(w) for w in layers.split(",")]
     flops = sum((3 if k else 2) * 2 * PER_RANK_BATCH * i * j for k, (i, j) in enumerate(zip(widths, widths[1:])))
     return flops / (gflops * 1e9)
@@ -150,7 +156,7 @@ def model_fits(measured, rates, gflops, cores):
     1..64 hosts."""
     fits = {}
     most = max(r["hosts"] for r in measured if r["per_node"] == 1 and r["hosts"] <= cores)
-    widest_model = list(MODELS)[-1]
+    widest_model = WIDEST
     for rate in rates:
         points = [r for r in measured if r["rate"] == rate and r["per_node"] == 1 and r["hosts"] > 1]
         fitted = [r for r in points if r["hosts"] == most]
@@ -162,6 +168,8 @@ def model_fits(measured, rates, gflops, cores):
         beta = wide["link_bytes_per_host"]["flat"] / (wide["seconds"]["flat"] - alpha * rounds)
         entry = {"alpha_s": alpha, "beta_bytes_per_s": beta, "fitted_at_hosts": most, "models": {}}
         for model, layers in MODELS.items():
+            if not [r for r in fitted if r["model"] == model]:
+                continue                  # a model not measured (results saved before it was added)
             at_most = [r for r in fitted if r["model"] == model][0]
             n = at_most["bytes"]
             c = at_most["link_bytes_per_host"]["flat"] / (2 * (most - 1) / most * n)   # protocol overhead
@@ -207,7 +215,7 @@ def plot(measured, models, cores, path):
     import matplotlib.ticker
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     colours = {"off": "tab:green", "10gbit": "tab:blue", "1gbit": "tab:red"}
-    for axis, model in zip(axes, MODELS):
+    for axis, model in zip(axes, ("784-256-10", WIDEST)):
         for rate, entry in models.items():
             if model not in entry["models"]:
                 continue

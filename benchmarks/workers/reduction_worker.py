@@ -23,7 +23,7 @@ import numpy as np
 from mpi4py import MPI
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--layers", required=True, help="layer widths, e.g. 784,256,10")
+parser.add_argument("--layers", required=True, help="layer widths, e.g. 784,256,10; or cnn (configs/fashion_cnn.toml)")
 parser.add_argument("--batch", type=int, default=128, help="examples per rank (the emulated backward)")
 parser.add_argument("--gflops", type=float, default=60.0, help="one core's sgemm rate")
 parser.add_argument("--reps", type=int, default=10)
@@ -33,14 +33,23 @@ options = parser.parse_args()
 comm = MPI.COMM_WORLD
 host = comm.Split_type(MPI.COMM_TYPE_SHARED)                    # the ranks of this host
 peers = comm.Split(host.Get_rank(), comm.Get_rank())            # local rank i of every host
-widths = [int(w) for w in options.layers.split(",")]
-layers = [(i, j) for i, j in zip(widths[:-1], widths[1:])]
-sizes = [i * j + j for i, j in layers]                          # W and b of each Affine
+# The CNN of configs/fashion_cnn.toml: (parameters, backward FLOPs per example) of conv0, conv1, fc0, fc1;
+# a convolution's backward is its weight gradient (2 P Q C k k O) and, but for the first, its input's (the same)
+CNN = [(32 * 9 + 32, 2 * 784 * 9 * 32), (64 * 32 * 9 + 64, 2 * 2 * 196 * 288 * 64),
+       (3136 * 128 + 128, 2 * 2 * 3136 * 128), (128 * 10 + 10, 2 * 2 * 128 * 10)]
+if options.layers == "cnn":
+    layers = CNN
+    sizes = [n for n, _ in CNN]
+else:
+    widths = [int(w) for w in options.layers.split(",")]
+    layers = [(i, j) for i, j in zip(widths[:-1], widths[1:])]
+    sizes = [i * j + j for i, j in layers]                      # W and b of each Affine
 gradient = np.ones(sum(sizes) + 2, np.float32)                  # + ddp_edf's 2 flag slots
 L = host.Get_size()
 assert len(set(comm.allgather(L))) == 1, "the hierarchical reduction needs as many ranks on every host"
 # Backward of layer k: dW = x^T dy (2 B I J FLOPs), and dx = dy W^T (the same) except for the first layer
-backward_s = [(2 if k else 1) * 2 * options.batch * i * j / (options.gflops * 1e9) for k, (i, j) in enumerate(layers)]
+backward_s = [options.batch * flops / (options.gflops * 1e9) for _, flops in CNN] if options.layers == "cnn" else \
+    [(2 if k else 1) * 2 * options.batch * i * j / (options.gflops * 1e9) for k, (i, j) in enumerate(layers)]
 
 
 def received() -> int:

@@ -30,6 +30,28 @@ def setup(threads):
     return dist.get_rank(), dist.get_world_size()
 
 
+def training_step(model, images, labels, batch: int, rank: int, world: int):
+    """step(): momentum SGD on this rank's shard of the next global batch, DDP averaging the gradients."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=common.LR, momentum=common.MOMENTUM)
+    loss_fn = nn.CrossEntropyLoss()
+    shards = common.shard_indices(len(labels), batch, rank, world)
+
+    def step():
+        idx = next(shards)
+        x, y = torch.from_numpy(images[idx]).float().div_(255.0), torch.from_numpy(labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()   # DDP averages the gradients over the ranks during backward
+        optimizer.step()
+    return step
+
+
+def agree(n: int) -> int:
+    """Rank 0's n on every rank."""
+    value = torch.tensor([n])
+    dist.broadcast(value, 0)
+    return int(value.item())
+
+
 def main():
     args = common.worker_arguments(__doc__).parse_args()
     rank, world = setup(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -42,17 +64,7 @@ def main():
                 layer.weight.copy_(torch.from_numpy(initial[w].T.copy()))
                 layer.bias.copy_(torch.from_numpy(initial[b]))
     model = DistributedDataParallel(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=common.LR, momentum=common.MOMENTUM)
-    loss_fn = nn.CrossEntropyLoss()
-    shards = common.shard_indices(len(labels), args.batch, rank, world)
-
-    def step():
-        idx = next(shards)
-        x, y = torch.from_numpy(images[idx]).float().div_(255.0), torch.from_numpy(labels[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()   # DDP averages the gradients over the ranks during backward
-        optimizer.step()
-
+    step = training_step(model, images, labels, args.batch, rank, world)
     if initial:   # the same training as every other system? (compare_torch_ddp.py checks)
         for _ in range(args.check_steps):
             step()
@@ -64,11 +76,6 @@ def main():
                          "check": common.check_record(params, initial, images, labels)})
         dist.destroy_process_group()
         return
-
-    def agree(n):
-        value = torch.tensor([n])
-        dist.broadcast(value, 0)
-        return int(value.item())
 
     steps, seconds = common.StepTimer(args.warmup, args.seconds).run(step, agree, dist.barrier)
     if rank == 0:

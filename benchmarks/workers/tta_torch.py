@@ -1,10 +1,13 @@
 """Time to accuracy, PyTorch DDP (gloo, CPU): the same model, data split, batch, optimizer and schedule.
 
     torchrun --standalone --nproc_per_node W benchmarks/workers/tta_torch.py --epochs 15 --batch 256 --lr 0.1
+                                                                          [--model cnn] [--stop-at ACCURACY]
 
 Trains on the first 50,000 Fashion-MNIST training images (the last 10,000 are ddp_edf's dev split),
 momentum SGD with a per-step cosine schedule to 0, shuffled every epoch, each rank a contiguous shard
 of every global batch.  After each epoch the clock pauses while rank 0 measures test accuracy.
+--model cnn: the CNN of cnn_torch.py (images 1 x 28 x 28), with --warmup-steps of linear warm-up as
+ddp_edf's config has; --stop-at ends the run after the first epoch whose test accuracy reaches it.
 """
 
 import argparse
@@ -21,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
+from cnn_torch import build as build_cnn  # noqa: E402
 from torch_ddp_worker import build, setup  # noqa: E402
 
 
@@ -31,17 +35,25 @@ def main():
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--dev-size", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--model", choices=["mlp", "cnn"], default="mlp")
+    parser.add_argument("--warmup-steps", type=int, default=0)
+    parser.add_argument("--dropout", type=float, default=0.0, help="--model cnn: before the last layer")
+    parser.add_argument("--stop-at", type=float, default=2.0)
     args = parser.parse_args()
     rank, world = setup(int(os.environ.get("OMP_NUM_THREADS", "1")))
     images, labels = common.load_split("train")
     images, labels = images[:len(labels) - args.dev_size], labels[:len(labels) - args.dev_size]
     test_x, test_y = common.load_split("test")
+    if args.model == "cnn":
+        images, test_x = images.reshape(-1, 1, 28, 28), test_x.reshape(-1, 1, 28, 28)
     test_x, test_y = torch.from_numpy(test_x).float().div_(255.0), torch.from_numpy(test_y)
-    model = DistributedDataParallel(build(args.seed))
+    model = DistributedDataParallel(build_cnn(args.seed, args.dropout) if args.model == "cnn" else build(args.seed))
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     steps_per_epoch = math.ceil(len(labels) / args.batch)
     total = args.epochs * steps_per_epoch
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / total, 1))))
+    w = args.warmup_steps      # ddp_edf's Schedule: (step + 1) / w while step < w, then the cosine after it
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (step + 1) / w if step < w else
+                                                 0.5 * (1 + math.cos(math.pi * min((step - w) / max(total - w, 1), 1))))
     loss_fn = torch.nn.CrossEntropyLoss(reduction="sum")
     curve, paused = [], 0.0
     dist.barrier()
@@ -67,8 +79,11 @@ def main():
             with torch.no_grad():
                 accuracy = float((model.module(test_x).argmax(dim=1) == test_y).float().mean())
             curve.append({"epoch": epoch + 1, "seconds": elapsed, "accuracy": accuracy})
-        dist.barrier()
+        reached = torch.tensor([int(rank == 0 and curve[-1]["accuracy"] >= args.stop_at)])
+        dist.broadcast(reached, 0)
         paused += time.perf_counter() - pause
+        if reached.item():
+            break
     if rank == 0:
         common.emit({"system": "torch_ddp", "world": world, "curve": curve})
     dist.destroy_process_group()
