@@ -13,7 +13,7 @@ the links), which times the Allreduce of the gradient (flat, ddp_edf's), a hiera
 (reduce-scatter in the host, 1/L of the data between hosts, allgather), and a step whose backward
 (emulated by sleeping the GEMMs' time on one core) is followed by the Allreduce or overlapped with
 one Iallreduce per layer.  Models: the default MLP 784-256-10 (0.2M parameters), 784-2048-1024-10
-(3.7M) and the CNN of configs/fashion_cnn.toml (0.42M parameters; 24x the MLP's FLOPs per example).
+(3.7M) and the CNN of configs/fashion_cnn.toml (0.42M parameters; 30x the MLP's FLOPs per example).
 Results: --json (default benchmarks/results/network_scaling.json).
 
 The model, per link rate (Hockney's, for the bandwidth-optimal Allreduce MPICH uses on large data,
