@@ -118,15 +118,13 @@ def main():
                                                                        chosen["torch"], stop_at)
     else:
         print("skipping torch_ddp: not installed (benchmarks/setup_peers.sh torch)")
-    if not chosen["grid_both"]:
-        first_round = {}          # the MLP's grid is PyTorch's alone, run with its full epochs: time every round
     curves = {(name, w): [] for name in systems for w in args.worlds}
     for round_index in range(args.rounds):
         names = list(systems)[round_index % len(systems):] + list(systems)[:round_index % len(systems)]
         for world in args.worlds:
             for name in names:
                 curve = curves[(name, world)]
-                reuse = round_index == 0 and world == 2 and name in first_round
+                reuse = chosen["grid_both"] and round_index == 0 and world == 2   # the grid's run (cnn)
                 curve.append(first_round[name] if reuse else systems[name](world))
                 reached = time_to(curve[-1], args.target)
                 print(f"round {round_index + 1} W={world} {name:9s}: "

@@ -25,8 +25,9 @@ def model_of(config, dataset):
     """The model of ``config.model`` for the dataset's images and classes."""
     m = config.model
     try:
-        return build_model(m.kind, dataset.train.images.shape[1:], dataset.num_classes, m.hidden, m.activation,
-                           m.init_seed, m.channels, m.patch, m.dim, m.depth, m.heads, m.dropout)
+        return build_model(m.kind, dataset.train.images.shape[1:], dataset.num_classes, hidden=m.hidden,
+                           activation=m.activation, seed=m.init_seed, channels=m.channels, patch=m.patch, dim=m.dim,
+                           depth=m.depth, heads=m.heads, dropout=m.dropout)
     except OptionError as error:
         raise config_error("model", error) from None
     except MemoryError:

@@ -46,6 +46,10 @@ class Conv2d(CompNode):
         super().__init__(x, K, bias, name=name)
         self.x, self.K, self.bias, self.stride, self.padding = x, K, bias, stride, padding
 
+    def kernel(self) -> np.ndarray:
+        """K[o,(i,j,c)]: the kernel as a matrix, its columns in the patches' order."""
+        return self.K.value.transpose(0, 2, 3, 1).reshape(len(self.K.value), -1)
+
     def patches(self) -> np.ndarray:
         """cols[(b,p,q),(i,j,c)] = x_pad[b,c,s p + i,s q + j]: the im2col matrix (numpy's one copy, in C)."""
         a, (B, C, H, W), k = self.padding, self.x.value.shape, self.K.value.shape[2]
@@ -59,7 +63,7 @@ class Conv2d(CompNode):
                 or self.bias.value.shape != K.shape[:1] or min(x.shape[2:]) + 2 * a < K.shape[2]:
             raise self.shape_error("needs x (B, C, H, W), K (O, C, k, k) with k <= H + 2 padding, bias (O,)")
         # y[b,o,p,q] = cols[(b,p,q),(i,j,c)] K[o,(i,j,c)] + bias[o]    (cols is rebuilt in backward, not kept:
-        y = self.patches() @ K.transpose(0, 2, 3, 1).reshape(len(K), -1).T    # k^2 C floats per output pixel)
+        y = self.patches() @ self.kernel().T                                  # k^2 C floats per output pixel)
         y += self.bias.value
         self.value = y.reshape(len(x), self.P, self.Q, len(K)).transpose(0, 3, 1, 2)
 
@@ -76,7 +80,7 @@ class Conv2d(CompNode):
         if self.x.needs_grad:
             B, _, H, W = self.x.value.shape
             # dP[b,p,q,i,j,c] = g[(b,p,q),o] K[o,(i,j,c)]
-            dP = (g @ K.transpose(0, 2, 3, 1).reshape(O, -1)).reshape(B, self.P, self.Q, k * k, C)
+            dP = (g @ self.kernel()).reshape(B, self.P, self.Q, k * k, C)
             # x.grad[b,c,h,w] += dP[b,p,q,i,j,c] over every (p, q, i, j) with s p + i - a = h, s q + j - a = w
             dx_pad = zeros_like_layout((B, C, H + 2 * a, W + 2 * a), self.x.value)
             for n, view in enumerate(offsets(dx_pad, k, self.stride, self.P, self.Q)):
@@ -147,7 +151,8 @@ class Reshape(CompNode):
 
     def forward(self):
         x, per_example = self.x.value, int(np.prod(self.x.value.shape[1:]))
-        shape = tuple(per_example // -int(np.prod(self.shape)) if n == -1 else n for n in self.shape)
+        known = int(np.prod([n for n in self.shape if n != -1]))       # -1 resolved here: B may be 0
+        shape = tuple(per_example // max(known, 1) if n == -1 else n for n in self.shape)
         if int(np.prod(shape)) != per_example:
             raise self.shape_error(f"cannot lay {per_example} values per example out as {self.shape}")
         self.value = x.reshape(len(x), *shape)                  # y[b, m] = x[b, n], the same flat position

@@ -167,10 +167,11 @@ class DataParallel:
                 raise ValueError(f"the {name} split's batch() gave {len(array)} rows for {rows} examples "
                                  f"(array {k}, for {node.describe()})")
             node.value = array
-        for node in self.facts:           # the lecture's Input, fed like x: no trainer state inside the graph
+        if self.facts:                    # the lecture's Inputs, fed like x: no trainer state inside the graph
             examples = np.arange(index.start, index.stop) if isinstance(index, slice) else index
-            node.value = np.array(step is not None) if isinstance(node, TrainingFlag) else \
-                np.stack(np.broadcast_arrays(np.uint64(step or 0), np.asarray(examples, np.uint64)), 1)
+            keys = np.stack(np.broadcast_arrays(np.uint64(step or 0), np.asarray(examples, np.uint64)), 1)
+            for node in self.facts:
+                node.value = np.array(step is not None) if isinstance(node, TrainingFlag) else keys
 
     def _sums(self, rows: int) -> tuple[float, float]:
         """The loss sum and error sum of the examples in the graph: one value each per example."""
